@@ -1,0 +1,3 @@
+from kernels.tree_attention.api import BACKENDS, tree_attention
+
+__all__ = ["BACKENDS", "tree_attention"]

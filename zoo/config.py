@@ -1,0 +1,255 @@
+"""Configuration: frozen dataclasses, YAML files and `section.key=value` overrides.
+
+Every run is described by one `ExperimentConfig` (model, data, train, decode). It is loaded from
+`configs/experiments/<name>.yaml`, whose `model:` entry may name a file in `configs/models/`, then
+patched by command-line overrides such as `model.d_model=256`. Unknown keys, wrong types and
+values that break a rule raise `ConfigError` naming the key and the rule, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or breaks a rule."""
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config value {key}={value!r}: {rule}")
+
+
+def _positive(obj, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value > 0, f"{section}.{name}", "must be > 0", value)
+
+
+def _non_negative(obj, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value >= 0, f"{section}.{name}", "must be >= 0", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The backbone shared by every generator family (Llama-style transformer for now)."""
+
+    family: str = "transformer"
+    vocab_size: int = 260
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    head_dim: int = 0  # 0: d_model // n_heads (which must then divide evenly)
+    mlp_dim: int = 704
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        _require(self.family in ("transformer",), "model.family", "must be one of ['transformer']",
+                 self.family)
+        _positive(self, "model", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                  "mlp_dim", "norm_eps", "rope_theta", "init_std")
+        _non_negative(self, "model", "head_dim")
+        if self.head_dim == 0:
+            _require(self.d_model % self.n_heads == 0, "model.n_heads",
+                     f"must divide model.d_model={self.d_model} (or set model.head_dim)",
+                     self.n_heads)
+        _require(self.n_heads % self.n_kv_heads == 0, "model.n_kv_heads",
+                 f"must divide model.n_heads={self.n_heads}", self.n_kv_heads)
+        for name in ("dtype", "param_dtype"):
+            _require(getattr(self, name) in DTYPES, f"model.{name}", f"must be one of {list(DTYPES)}",
+                     getattr(self, name))
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which corpus, how it is cut into sequences and how it is shuffled."""
+
+    corpus: str = "stdlib"  # TFDS builder config of zoo's code corpus: stdlib | stdlib_small
+    data_dir: str = "~/tensorflow_datasets"
+    seq_len: int = 256
+    batch_size: int = 16
+    shuffle: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.corpus in ("stdlib", "stdlib_small"), "data.corpus",
+                 "must be one of ['stdlib', 'stdlib_small']", self.corpus)
+        _positive(self, "data", "seq_len", "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, evaluation and checkpointing."""
+
+    steps: int = 1000
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1  # cosine decays to learning_rate * end_lr_ratio
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    run_dir: str = "runs/default"
+
+    def __post_init__(self):
+        _positive(self, "train", "steps", "learning_rate", "eval_every", "eval_batches",
+                  "checkpoint_every", "keep_checkpoints", "log_every", "grad_clip")
+        _non_negative(self, "train", "warmup_steps", "weight_decay")
+        _require(self.warmup_steps < self.steps, "train.warmup_steps",
+                 f"must be < train.steps={self.steps}", self.warmup_steps)
+        _require(0 <= self.end_lr_ratio <= 1, "train.end_lr_ratio", "must be in [0, 1]",
+                 self.end_lr_ratio)
+        for name in ("b1", "b2"):
+            _require(0 <= getattr(self, name) < 1, f"train.{name}", "must be in [0, 1)",
+                     getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How tokens are generated: length, sampling, cache size."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    max_len: int = 1024  # KV-cache length: prompt + generated tokens must fit
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "decode", "max_new_tokens", "max_len")
+        _non_negative(self, "decode", "temperature", "top_k")
+        _require(0 < self.top_p <= 1, "decode.top_p", "must be in (0, 1]", self.top_p)
+        _require(self.max_new_tokens < self.max_len, "decode.max_new_tokens",
+                 f"must be < decode.max_len={self.max_len} (room for the prompt)",
+                 self.max_new_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check a YAML value against a dataclass field type; ints are accepted for floats."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"invalid config value {key}={value!r}: must be true or false")
+    if typ in (int, str, float) and (not isinstance(value, typ) or isinstance(value, bool)):
+        raise ConfigError(f"invalid config value {key}={value!r}: must be of type {typ.__name__}")
+    return value
+
+
+def _build(cls, values: Mapping[str, Any], section: str):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {section}.{unknown[0]}; "
+                          f"valid keys of {section}: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate an ExperimentConfig from nested plain data (as read from YAML)."""
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]}; valid top-level keys: "
+                          f"{sorted(_SECTIONS)}")
+    kwargs = {}
+    for name, value in raw.items():
+        if name == "name":
+            kwargs[name] = _coerce(value, str, "name")
+        else:
+            cls = typing.get_type_hints(ExperimentConfig)[name]
+            kwargs[name] = _build(cls, value or {}, name)
+    return ExperimentConfig(**kwargs)
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _read_yaml(path: pathlib.Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`model.d_model=256` -> (['model', 'd_model'], 256); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return path, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            if path[0] != "name":
+                raise ConfigError(f"unknown config key {path[0]} in override {text!r}; "
+                                  "use section.key=value")
+            raw["name"] = value
+        elif len(path) == 2 and path[0] in _SECTIONS and path[0] != "name":
+            raw.setdefault(path[0], {})[path[1]] = value
+        else:
+            raise ConfigError(f"unknown config key {'.'.join(path)} in override {text!r}")
+    return raw
+
+
+def load(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load an experiment YAML (resolving `model: <name>` from configs/models/) and overrides."""
+    path = pathlib.Path(path)
+    raw = _read_yaml(path)
+    if isinstance(raw.get("model"), str):
+        model_file = path.resolve().parent.parent / "models" / f"{raw['model']}.yaml"
+        raw["model"] = _read_yaml(model_file)
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def save(config: ExperimentConfig, path: str | pathlib.Path) -> None:
+    pathlib.Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

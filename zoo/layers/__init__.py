@@ -1,0 +1,1 @@
+"""Building blocks shared by every model family. No model logic lives here."""

@@ -1,0 +1,80 @@
+"""Grouped-query self-attention with RoPE, for training/prefill and for tree `extend`.
+
+Training and prefill run over a whole sequence with a causal, bidirectional or block-causal mask
+(`jax.nn.dot_product_attention`). `extend` runs T new tokens on top of a committed KV cache with a
+tree structure through `kernels.tree_attention` and returns the new K/V without committing them.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernels.tree_attention import tree_attention
+from zoo.layers.params import dense
+from zoo.layers.rope import apply_rope
+
+MASK_KINDS = ("causal", "bidirectional", "block_causal")
+
+
+def attention_mask(kind: str, length: int, block_size: int = 0, segment_ids=None) -> jnp.ndarray:
+    """Boolean [B or 1, 1, T, T] mask; True where query i may attend to key j.
+
+    block_causal: bidirectional inside blocks of `block_size`, causal across blocks.
+    segment_ids (int[B, T], optional): also forbid attention across packed documents.
+    """
+    i = jnp.arange(length)[:, None]
+    j = jnp.arange(length)[None, :]
+    if kind == "causal":
+        mask = j <= i
+    elif kind == "bidirectional":
+        mask = jnp.ones((length, length), bool)
+    elif kind == "block_causal":
+        if block_size <= 0:
+            raise ValueError(f"block_causal attention needs block_size > 0, got {block_size}")
+        mask = j // block_size <= i // block_size
+    else:
+        raise ValueError(f"unknown attention mask kind {kind!r}; choose one of {MASK_KINDS}")
+    mask = mask[None, None]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    return mask
+
+
+class Attention(nn.Module):
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    rope_theta: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    init_std: float
+    backend: str = "auto"  # kernels.tree_attention backend used by `extend`
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
+        self.q_proj = dense((self.n_heads, self.head_dim), ("embed", "heads", "head_dim"),
+                            name="q", **kw)
+        self.k_proj = dense((self.n_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
+                            name="k", **kw)
+        self.v_proj = dense((self.n_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
+                            name="v", **kw)
+        self.o_proj = dense(self.d_model, ("heads", "head_dim", "embed"), in_axes=2, name="o",
+                            **kw)
+
+    def _qkv(self, x, positions):
+        q = apply_rope(self.q_proj(x), positions, self.rope_theta)
+        k = apply_rope(self.k_proj(x), positions, self.rope_theta)
+        return q, k, self.v_proj(x)
+
+    def __call__(self, x, positions, mask):
+        """x [B, T, E], positions int[B, T], mask bool[B|1, 1, T, T] -> (out, (k, v))."""
+        q, k, v = self._qkv(x, positions)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return self.o_proj(out), (k, v)
+
+    def extend(self, x, positions, k_cache, v_cache, cache_len, parents):
+        """New tokens over the committed cache; returns (out, (k_new, v_new)) uncommitted."""
+        q, k, v = self._qkv(x, positions)
+        out = tree_attention(q, k_cache, v_cache, cache_len, k, v, parents, backend=self.backend)
+        return self.o_proj(out), (k, v)

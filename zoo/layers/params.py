@@ -1,0 +1,21 @@
+"""Parameter factories that annotate every weight with logical axis names.
+
+Logical names ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm") are mapped to
+mesh axes by sharding rules; the layers only say what each dimension *is*.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+
+
+def dense(features, axes: Sequence[str], *, dtype, param_dtype, init_std, name, in_axes=1):
+    """A bias-free DenseGeneral whose kernel carries logical `axes` (inputs first, then outputs)."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(init_std), tuple(axes))
+    return nn.DenseGeneral(features, axis=tuple(range(-in_axes, 0)), use_bias=False, dtype=dtype,
+                           param_dtype=param_dtype, kernel_init=init, name=name)
+
+
+def rms_norm(eps: float, *, dtype, param_dtype, name):
+    return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)))

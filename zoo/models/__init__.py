@@ -1,0 +1,16 @@
+"""Model families. Each exposes the decoding protocol of `zoo.models.protocol`."""
+
+from zoo.config import ModelConfig
+from zoo.models.protocol import DecodingModel
+from zoo.models.transformer import TransformerLM
+
+
+def build_model(config: ModelConfig, attention_backend: str = "auto") -> DecodingModel:
+    """The model object for a config's family."""
+    families = {"transformer": TransformerLM}
+    if config.family not in families:
+        raise ValueError(f"unknown model family {config.family!r}; choose one of {list(families)}")
+    return families[config.family](config, attention_backend)
+
+
+__all__ = ["DecodingModel", "TransformerLM", "build_model"]

@@ -1,0 +1,36 @@
+"""The decoding protocol every backbone implements (see shared DESIGN.md, "The decoding protocol").
+
+Decoding code (AR, speculative, next-block, diffusion) is written once against this protocol.
+All methods are pure functions of arrays, so they can be jitted, sharded and donated; the model
+object itself is a hashable frozen dataclass that can be a static jit argument.
+"""
+
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+
+Params = Any
+Cache = Any
+Pending = Any
+
+
+class DecodingModel(Protocol):
+    vocab_size: int
+
+    def init(self, rng) -> Params:
+        """Fresh parameters (plain arrays)."""
+
+    def forward(self, params: Params, tokens: jnp.ndarray, **mask) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Training forward over whole sequences: (logits [B, T, V] float32, hidden [B, T, E])."""
+
+    def prefill(self, params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, max_len: int
+                ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
+        """Left-aligned prompts with per-row lengths -> (logits, hidden, cache of `max_len`)."""
+
+    def extend(self, params: Params, cache: Cache, tokens: jnp.ndarray, parents: jnp.ndarray
+               ) -> tuple[jnp.ndarray, jnp.ndarray, Pending]:
+        """T new tokens per row, structured by `parents` [B, T], on top of the committed cache."""
+
+    def commit(self, cache: Cache, pending: Pending, path: jnp.ndarray, n_accepted: jnp.ndarray
+               ) -> Cache:
+        """Keep the accepted nodes `path[b, :n_accepted[b]]` of the last extend."""

@@ -1,0 +1,142 @@
+"""Llama-style decoder-only transformer: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+`Transformer` is the linen module; `TransformerLM` wraps it as a `DecodingModel` (init, forward,
+prefill / extend / commit over an explicit `KVCache`).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernels.trees import node_depths
+from zoo.config import ModelConfig
+from zoo.layers.attention import Attention, attention_mask
+from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
+from zoo.layers.mlp import SwiGLU
+from zoo.layers.params import dense, rms_norm
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    backend: str
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        self.attn_norm = rms_norm(c.norm_eps, name="attn_norm", **kw)
+        self.attn = Attention(c.n_heads, c.n_kv_heads, c.resolved_head_dim, c.d_model,
+                              c.rope_theta, init_std=c.init_std, backend=self.backend, **kw)
+        self.mlp_norm = rms_norm(c.norm_eps, name="mlp_norm", **kw)
+        self.mlp = SwiGLU(c.d_model, c.mlp_dim, init_std=c.init_std, **kw)
+
+    def __call__(self, x, positions, mask=None, kv_context=None):
+        """kv_context None: full-sequence attention under `mask`; else (k_cache, v_cache,
+        cache_len, parents) for a tree extend. Returns (x, (k, v))."""
+        h = self.attn_norm(x)
+        if kv_context is None:
+            h, kv = self.attn(h, positions, mask)
+        else:
+            h, kv = self.attn.extend(h, positions, *kv_context)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class Transformer(nn.Module):
+    config: ModelConfig
+    backend: str = "auto"
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        self.embed = nn.Embed(c.vocab_size, c.d_model, name="embed", embedding_init=(
+            nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("vocab", "embed"))),
+            **kw)
+        self.blocks = [Block(c, self.backend, name=f"block_{i}") for i in range(c.n_layers)]
+        self.final_norm = rms_norm(c.norm_eps, name="final_norm", **kw)
+        if not c.tie_embeddings:
+            self.lm_head = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
+                                 name="lm_head", **kw)
+
+    def __call__(self, tokens, positions, mask=None, cache=None, parents=None):
+        """Returns (logits float32 [B, T, V], hidden [B, T, E], (k, v) stacked [L, B, T, K, D]).
+
+        Without `cache`: full-sequence attention under `mask`. With `cache` (a KVCache) and
+        `parents`: the tokens are tree nodes extending the committed cache.
+        """
+        x = self.embed(tokens)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            context = None if cache is None else (cache.k[i], cache.v[i], cache.lengths, parents)
+            x, (k, v) = block(x, positions, mask, context)
+            ks.append(k)
+            vs.append(v)
+        hidden = self.final_norm(x)
+        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        return logits.astype(jnp.float32), hidden, (jnp.stack(ks), jnp.stack(vs))
+
+
+def _positions(batch: int, length: int) -> jnp.ndarray:
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLM:
+    """`Transformer` as a DecodingModel: pure functions of (params, arrays)."""
+
+    config: ModelConfig
+    attention_backend: str = "auto"
+
+    @property
+    def module(self) -> Transformer:
+        return Transformer(self.config, self.attention_backend)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def _init_boxed(self, rng):
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        return self.module.init(rng, tokens, _positions(1, 1), attention_mask("causal", 1))["params"]
+
+    def init(self, rng):
+        return nn.unbox(jax.jit(self._init_boxed)(rng))
+
+    def logical_axes(self):
+        """Pytree of PartitionSpecs of logical axis names, matching `init`'s params."""
+        return nn.get_partition_spec(jax.eval_shape(self._init_boxed, jax.random.key(0)))
+
+    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+        b, t = tokens.shape
+        logits, hidden, _ = self.module.apply(
+            {"params": params}, tokens, _positions(b, t),
+            attention_mask(mask, t, block_size, segment_ids))
+        return logits, hidden
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.config
+        return KVCache.zeros(c.n_layers, batch, max_len, c.n_kv_heads, c.resolved_head_dim,
+                             jnp.dtype(c.dtype))
+
+    def prefill(self, params, tokens, lengths, max_len: int):
+        b, t = tokens.shape
+        if t > max_len:
+            raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
+        logits, hidden, (k, v) = self.module.apply(
+            {"params": params}, tokens, _positions(b, t), attention_mask("causal", t))
+        cache = self.init_cache(b, max_len)
+        cache = KVCache(cache.k.at[:, :, :t].set(k.astype(cache.k.dtype)),
+                        cache.v.at[:, :, :t].set(v.astype(cache.v.dtype)),
+                        jnp.asarray(lengths, jnp.int32))
+        return logits, hidden, cache
+
+    def extend(self, params, cache: KVCache, tokens, parents):
+        parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
+        positions = cache.lengths[:, None] + node_depths(parents)
+        logits, hidden, (k, v) = self.module.apply(
+            {"params": params}, tokens, positions, cache=cache, parents=parents)
+        return logits, hidden, KVPending(k, v)
+
+    def commit(self, cache: KVCache, pending: KVPending, path, n_accepted) -> KVCache:
+        return commit_kv(cache, pending, path, n_accepted)

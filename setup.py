@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="zoo",
+    version="0.1.0",
+    description="A JAX-native model zoo for fast generation: AR, SSM/hybrid, next-block and "
+                "masked-diffusion generators sharing one decoding core and one Pallas kernel package.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["zoo", "zoo.*", "kernels", "kernels.*", "launch", "launch.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8.6",
+        "chex>=0.1.92",
+        "numpy>=2.0",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "psutil>=5.9",
+    ],
+    extras_require={"test": ["pytest>=8", "scipy>=1.12"]},
+    entry_points={"console_scripts": [
+        "zoo-train=launch.train:main",
+        "zoo-generate=launch.generate:main",
+    ]},
+)

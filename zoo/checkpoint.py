@@ -1,0 +1,49 @@
+"""Checkpoints of a training run: orbax CheckpointManager with async, atomic saves.
+
+A checkpoint holds the train state (step, params, optimizer state) and the data iterator's
+position (JSON), so a resumed run continues the same batches and the same loss curve. Orbax writes
+each step to a temporary directory and renames it when complete: a crash or SIGTERM mid-save never
+leaves a half-written checkpoint as the latest.
+"""
+
+import pathlib
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                 enable_async_checkpointing=async_save),
+            item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Start saving (returns before the write finishes when async)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restore (state, data_state) at `step` (default latest) onto `abstract_state`'s
+        structure, shapes, dtypes and shardings."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,158 @@
+"""Documents -> one token stream -> fixed-length windows -> deterministic, resumable batches.
+
+Packing documents back to back (each as BOS + bytes + EOS) wastes no compute on padding; the
+separators tell the model where documents end. The batch order is a pure function of
+(seed, batch number), so the iterator's whole state is one integer that fits in a checkpoint,
+and a restored run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from zoo.data import code_corpus
+from zoo.data.tokenizer import BOS_ID, EOS_ID, ByteTokenizer
+
+_STREAM_FORMAT = 1  # bump when pack_documents changes, to invalidate cached streams
+
+
+def pack_documents(docs: list[str]) -> np.ndarray:
+    """One uint16 stream: BOS + UTF-8 bytes + EOS for each document, in order."""
+    tok, bos, eos = ByteTokenizer(), np.array([BOS_ID], np.uint16), np.array([EOS_ID], np.uint16)
+    pieces = [p for doc in docs for p in (bos, tok.encode_array(doc), eos)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
+
+
+class PackedDataset:
+    """Non-overlapping windows: window i maps stream[iL : iL+L] to targets stream[iL+1 : iL+L+1].
+
+    Consecutive windows share one token (a window's last target is the next window's first
+    input), so no token of the stream is left out of both inputs and targets.
+    """
+
+    def __init__(self, stream: np.ndarray, seq_len: int):
+        stream = np.asarray(stream)
+        if stream.ndim != 1:
+            raise ValueError(f"token stream must be 1-D, got shape {stream.shape}")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if len(stream) < seq_len + 1:
+            raise ValueError(
+                f"token stream has {len(stream)} tokens; one window of seq_len={seq_len} "
+                f"needs {seq_len + 1} (inputs plus the shifted target)"
+            )
+        self.stream = stream
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return (len(self.stream) - 1) // self.seq_len
+
+    def windows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The windows at `indices`, as {"inputs", "targets"}: int32[len(indices), seq_len]."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"window indices must lie in [0, {len(self)})")
+        offsets = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+        block = self.stream[offsets].astype(np.int32)
+        return {
+            "inputs": np.ascontiguousarray(block[:, :-1]),
+            "targets": np.ascontiguousarray(block[:, 1:]),
+        }
+
+
+class BatchIterator:
+    """Infinite shuffled batches of a PackedDataset; this process's share of each global batch.
+
+    Epoch e visits the windows in the order `default_rng([seed, e]).permutation(n)` (identity
+    without shuffling), cut into global batches of `batch_size * process_count` windows; the
+    remainder of each epoch is dropped, so no batch straddles two epochs or repeats a window.
+    Process p takes slice [p*B, (p+1)*B) of every global batch, so processes are disjoint and
+    together see exactly what one process with batch P*B would see.
+    """
+
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if batch_size < 1 or process_count < 1:
+            raise ValueError(
+                f"batch_size ({batch_size}) and process_count ({process_count}) must be positive"
+            )
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
+        global_batch = batch_size * process_count
+        if global_batch > len(dataset):
+            raise ValueError(
+                f"global batch of {global_batch} windows (batch_size {batch_size} x "
+                f"process_count {process_count}) exceeds the {len(dataset)} windows of the dataset"
+            )
+        self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
+        self.process_index, self.process_count = process_index, process_count
+        self.batches_per_epoch = len(dataset) // global_batch
+        self.position = 0  # batches consumed
+        self._order = (-1, None)  # (epoch, window order) of the last epoch used
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order[0] != epoch:
+            n = len(self.dataset)
+            if self.shuffle:
+                self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+            else:
+                self._order = (epoch, np.arange(n))
+        return self._order[1]
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        epoch, step = divmod(self.position, self.batches_per_epoch)
+        start = (step * self.process_count + self.process_index) * self.batch_size
+        batch = self.dataset.windows(self._epoch_order(epoch)[start : start + self.batch_size])
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """The number of batches consumed: with the constructor arguments, the whole state."""
+        return {"position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Continues after `state["position"]` batches; the constructor arguments must match."""
+        position = state["position"]
+        if int(position) != position or position < 0:
+            raise ValueError(f"position must be a non-negative integer, got {position!r}")
+        self.position = int(position)
+
+
+def eval_batches(
+    dataset: PackedDataset, batch_size: int, max_batches: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The first `max_batches` full batches in window order (all when None), for validation."""
+    available = len(dataset) // batch_size if batch_size > 0 else 0
+    if available == 0:
+        raise ValueError(f"batch_size {batch_size} leaves no full batch in {len(dataset)} windows")
+    count = available if max_batches is None else min(available, max_batches)
+    if count < 1:
+        raise ValueError(f"max_batches must be at least 1, got {max_batches}")
+    return [dataset.windows(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(count)]
+
+
+def load_token_stream(config_name: str, data_dir: str, split: str) -> np.ndarray:
+    """The packed uint16 stream of a corpus split, cached as .npy beside the TFDS files."""
+    if not re.fullmatch(r"\w+", split):
+        raise ValueError(f"split must be a plain split name such as 'train', got {split!r}")
+    builder = code_corpus.build_corpus(config_name, data_dir)
+    path = os.path.join(os.fspath(builder.data_dir), f"tokens_v{_STREAM_FORMAT}_{split}.npy")
+    if not os.path.exists(path):
+        stream = pack_documents(code_corpus.corpus_documents(config_name, data_dir, split))
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        np.save(tmp, stream)
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
+    return np.load(path)

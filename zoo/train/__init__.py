@@ -1,0 +1,1 @@
+"""Training: optimizer, losses, jitted steps and the training loop."""

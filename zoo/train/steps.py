@@ -1,0 +1,64 @@
+"""The jitted train and eval steps. The train state is donated, so it is updated in place."""
+
+import functools
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from zoo.data.tokenizer import BYTE_VOCAB, PAD_ID
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jnp.ndarray
+    params: dict
+    opt_state: optax.OptState
+
+
+def init_state(model, tx, rng) -> TrainState:
+    params = model.init(rng)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def token_losses(model, params, batch):
+    """Per-target cross-entropy (nats, float32) and the mask of real (non-PAD) targets."""
+    logits, _ = model.forward(params, batch["inputs"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    return losses, batch["targets"] != PAD_ID
+
+
+def make_train_step(model, tx, schedule):
+    def loss_fn(params, batch):
+        losses, mask = token_losses(model, params, batch)
+        return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_step(state: TrainState, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "params_finite": jnp.isfinite(optax.global_norm(params)),
+                   "learning_rate": schedule(state.step)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model):
+    @jax.jit
+    def eval_step(params, batch):
+        losses, mask = token_losses(model, params, batch)
+        return {"nats": jnp.sum(losses * mask), "targets": mask.sum(),
+                "bytes": jnp.sum(batch["targets"] < BYTE_VOCAB)}
+
+    return eval_step
+
+
+def summarize_eval(totals: dict) -> dict:
+    """Mean loss per target and bits per byte (all nats, separators included, over text bytes)."""
+    return {"val_loss": totals["nats"] / max(totals["targets"], 1),
+            "val_bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1)}

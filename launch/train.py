@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at", type=int, default=None,
                         help="checkpoint and stop at this step (as a preemption would)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     try:
         config = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as e:

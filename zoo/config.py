@@ -162,9 +162,13 @@ _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Check a YAML value against a dataclass field type; ints are accepted for floats."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    """Check a YAML value against a dataclass field type; ints (and YAML 1.1's unparsed "1e-3")
+    are accepted for floats."""
+    if typ is float and not isinstance(value, bool):
+        try:
+            return float(value) if isinstance(value, (int, str)) else value
+        except ValueError:
+            pass
     if typ is bool and not isinstance(value, bool):
         raise ConfigError(f"invalid config value {key}={value!r}: must be true or false")
     if typ in (int, str, float) and (not isinstance(value, typ) or isinstance(value, bool)):

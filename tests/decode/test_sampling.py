@@ -1,0 +1,56 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.decode.sampling import Sampler
+
+
+def _support(logprobs):
+    return set(np.flatnonzero(np.isfinite(np.asarray(logprobs))).tolist())
+
+
+def test_greedy_is_argmax_one_hot():
+    logits = jnp.array([0.1, 2.0, -1.0, 1.9])
+    assert Sampler().sample(None, logits) == 1
+    np.testing.assert_array_equal(np.exp(Sampler().logprobs(logits)), [0, 1, 0, 0])
+
+
+def test_temperature_scales_logits():
+    logits = jnp.array([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(Sampler(temperature=2.0).logprobs(logits),
+                               jax.nn.log_softmax(logits / 2.0), rtol=1e-6)
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = jnp.array([0.5, 3.0, -2.0, 1.0, 2.0])
+    lp = Sampler(temperature=1.0, top_k=2).logprobs(logits)
+    assert _support(lp) == {1, 4}
+    np.testing.assert_allclose(np.exp(lp).sum(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.8, 0.95, 1.0])
+def test_top_p_keeps_the_smallest_prefix_reaching_p(top_p):
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=50) * 2, jnp.float32)
+    probs = np.asarray(jax.nn.softmax(logits))
+    order = np.argsort(-probs)
+    mass_before = np.cumsum(probs[order]) - probs[order]
+    expected = set(order[mass_before < top_p].tolist())
+    assert _support(Sampler(temperature=1.0, top_p=top_p).logprobs(logits)) == expected
+
+
+def test_top_k_then_top_p_and_sampling_stays_in_support():
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 30)), jnp.float32)
+    sampler = Sampler(temperature=0.7, top_k=5, top_p=0.6)
+    support = [_support(row) for row in sampler.logprobs(logits)]
+    assert all(1 <= len(s) <= 5 for s in support)
+    for seed in range(20):
+        tokens = sampler.sample(jax.random.key(seed), logits)
+        assert all(int(t) in s for t, s in zip(tokens, support))
+
+
+def test_invalid_sampler_settings():
+    with pytest.raises(ValueError, match="temperature"):
+        Sampler(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(temperature=1, top_p=0)

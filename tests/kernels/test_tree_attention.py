@@ -1,0 +1,96 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.trees import ancestor_mask, chain_parents, node_depths
+from kernels.tree_attention import tree_attention
+
+from conftest import random_parents
+
+
+def brute_force_ancestors(parents: np.ndarray) -> np.ndarray:
+    t = len(parents)
+    anc = np.zeros((t, t), bool)
+    for i in range(t):
+        j = i
+        while j >= 0:
+            anc[i, j] = True
+            j = parents[j]
+    return anc
+
+
+@pytest.mark.parametrize("t", [1, 2, 7, 16, 33])
+@pytest.mark.parametrize("kind", ["chain", "star", "random"])
+def test_ancestor_mask_and_depths(t, kind):
+    parents = random_parents(np.random.default_rng(t), t, kind)
+    anc = brute_force_ancestors(parents)
+    np.testing.assert_array_equal(ancestor_mask(jnp.asarray(parents)), anc)
+    np.testing.assert_array_equal(node_depths(jnp.asarray(parents)), anc.sum(1) - 1)
+
+
+def test_chain_parents():
+    np.testing.assert_array_equal(chain_parents(4), [-1, 0, 1, 2])
+
+
+def _case(seed, b, t, s, h, kv, d, kind, dtype):
+    rng = np.random.default_rng(seed)
+    keys = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(keys[0], (b, t, h, d), dtype)
+    k_cache = jax.random.normal(keys[1], (b, s, kv, d), dtype)
+    v_cache = jax.random.normal(keys[2], (b, s, kv, d), dtype)
+    k_new = jax.random.normal(keys[3], (b, t, kv, d), dtype)
+    v_new = jax.random.normal(keys[4], (b, t, kv, d), dtype)
+    # Ragged lengths, row 0 empty, others anywhere in [0, S] (not block multiples).
+    cache_len = jnp.asarray(np.concatenate([[0], rng.integers(0, s + 1, size=b - 1)]), jnp.int32)
+    parents = jnp.asarray(np.stack([random_parents(rng, t, kind) for _ in range(b)]), jnp.int32)
+    return q, k_cache, v_cache, cache_len, k_new, v_new, parents
+
+
+@pytest.mark.parametrize("b, t, s, h, kv, d", [
+    (1, 1, 16, 4, 4, 16), (3, 7, 37, 4, 2, 32), (2, 16, 64, 8, 2, 64), (4, 5, 9, 2, 1, 16)])
+@pytest.mark.parametrize("kind", ["chain", "star", "random"])
+def test_xla_equals_reference(b, t, s, h, kv, d, kind):
+    args = _case(b * 100 + t, b, t, s, h, kv, d, kind, jnp.float32)
+    want = tree_attention(*args, backend="reference")
+    got = tree_attention(*args, backend="xla")
+    chex.assert_shape(got, (b, t, h, d))
+    chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(tree_attention(*args), want, atol=2e-5, rtol=2e-5)  # auto
+
+
+def test_xla_equals_reference_bfloat16():
+    args = _case(7, 2, 7, 40, 4, 2, 32, "random", jnp.bfloat16)
+    want = tree_attention(*args, backend="reference").astype(jnp.float32)
+    got = tree_attention(*args, backend="xla")
+    assert got.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(got.astype(jnp.float32), want, atol=2e-2, rtol=2e-2)
+
+
+def test_reference_semantics_on_a_hand_case():
+    """A node sees exactly the cache prefix and its ancestors: with one-hot values the output is
+    the uniform average over those positions when all scores are equal (q = 0)."""
+    s, t = 4, 3
+    parents = jnp.array([[-1, 0, 0]])  # a star: nodes 1 and 2 both see only node 0 and themselves
+    v_cache = jnp.eye(s + t)[None, :s, None, :]
+    v_new = jnp.eye(s + t)[None, s:, None, :]
+    zeros = lambda n: jnp.zeros((1, n, 1, s + t))  # noqa: E731
+    out = tree_attention(zeros(t), zeros(s), v_cache, jnp.array([2]), zeros(t), v_new, parents,
+                         backend="reference")[0, :, 0]
+    expected = np.zeros((t, s + t))
+    expected[0, [0, 1, 4]] = 1 / 3
+    expected[1, [0, 1, 4, 5]] = 1 / 4
+    expected[2, [0, 1, 4, 6]] = 1 / 4
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_api_rejects_bad_backend_and_shapes():
+    args = _case(0, 1, 2, 8, 2, 1, 16, "chain", jnp.float32)
+    with pytest.raises(ValueError, match="unknown tree_attention backend 'cuda'"):
+        tree_attention(*args, backend="cuda")
+    q, kc, vc, cl, kn, vn, p = args
+    with pytest.raises(ValueError, match="k_new has shape"):
+        tree_attention(q, kc, vc, cl, kn[:, :1], vn, p)
+    with pytest.raises(ValueError, match="parents"):
+        tree_attention(q, kc, vc, cl, kn, vn, p[:, :1])

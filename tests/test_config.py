@@ -1,0 +1,75 @@
+import pytest
+
+from zoo import config as config_lib
+from zoo.config import ConfigError, DecodeConfig, ModelConfig, TrainConfig
+
+from conftest import REPO
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "configs/experiments").glob("*.yaml")):
+        cfg = config_lib.load(path)
+        assert cfg.name == path.stem
+    for path in sorted((REPO / "configs/models").glob("*.yaml")):
+        ModelConfig(**config_lib._read_yaml(path))
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = config_lib.load(REPO / "configs/experiments/tiny.yaml",
+                          ["model.d_model=128", "train.learning_rate=1e-3",
+                           "model.tie_embeddings=false", "decode.temperature=1"])
+    assert cfg.model.d_model == 128
+    assert cfg.train.learning_rate == 1e-3
+    assert cfg.model.tie_embeddings is False
+    assert cfg.decode.temperature == 1.0 and isinstance(cfg.decode.temperature, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.d_modl=3"], "unknown config key model.d_modl"),
+    (["modle.d_model=3"], "unknown config key modle.d_model"),
+    (["model.d_model=-8"], "model.d_model=-8: must be > 0"),
+    (["model.n_heads=5"], "model.n_heads=5: must divide model.d_model=64"),
+    (["model.n_kv_heads=3"], "model.n_kv_heads=3: must divide model.n_heads=4"),
+    (["model.dtype=float16"], "model.dtype='float16': must be one of"),
+    (["model.d_model=abc"], "model.d_model='abc': must be of type int"),
+    (["model.tie_embeddings=1"], "model.tie_embeddings=1: must be true or false"),
+    (["train.warmup_steps=100"], "train.warmup_steps=100: must be < train.steps=40"),
+    (["decode.top_p=0"], "decode.top_p=0.0: must be in (0, 1]"),
+    (["data.corpus=wiki"], "data.corpus='wiki'"),
+    (["train.steps"], "must look like section.key=value"),
+])
+def test_bad_values_name_the_key_and_rule(override, message):
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(REPO / "configs/experiments/tiny.yaml", override)
+    assert message in str(err.value)
+
+
+def test_explicit_head_dim_lifts_divisibility():
+    assert ModelConfig(d_model=100, n_heads=3, n_kv_heads=1, head_dim=32).resolved_head_dim == 32
+
+
+def test_dataclass_rules_apply_to_direct_construction():
+    with pytest.raises(ConfigError, match="train.end_lr_ratio"):
+        TrainConfig(end_lr_ratio=2.0)
+    with pytest.raises(ConfigError, match="decode.max_new_tokens"):
+        DecodeConfig(max_new_tokens=10, max_len=10)
+
+
+def test_missing_files_and_unknown_sections(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config_lib.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {}\noptimizer: {lr: 1}\n")
+    with pytest.raises(ConfigError, match="unknown config key optimizer"):
+        config_lib.load(bad)
+    missing_model = tmp_path / "experiments" / "x.yaml"
+    missing_model.parent.mkdir()
+    missing_model.write_text("model: no_such_model\n")
+    with pytest.raises(ConfigError, match="no_such_model.yaml"):
+        config_lib.load(missing_model)
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = config_lib.load(REPO / "configs/experiments/code_small.yaml", ["model.n_layers=7"])
+    config_lib.save(cfg, tmp_path / "c.yaml")
+    assert config_lib.load(tmp_path / "c.yaml") == cfg

@@ -1,0 +1,118 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from zoo.checkpoint import Checkpointer
+from zoo.train.loop import NonFiniteLossError, ResumeError, load_run, train
+
+from conftest import REPO
+
+
+def test_loss_falls_and_metrics_are_logged(tiny_experiment):
+    cfg = tiny_experiment("train.steps=40")
+    result = train(cfg, progress=False)
+    first = np.mean([result.losses[s] for s in range(1, 6)])
+    last = np.mean([result.losses[s] for s in range(36, 41)])
+    assert last < first - 1.0, (first, last)
+    assert [e["step"] for e in result.evals] == [20, 40]
+    assert result.evals[1]["val_bits_per_byte"] < result.evals[0]["val_bits_per_byte"]
+    rows = [json.loads(l) for l in (REPO / cfg.train.run_dir / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert {"step", "loss", "grad_norm", "learning_rate", "tokens_per_s"} <= set(rows[0])
+    assert any("val_bits_per_byte" in r for r in rows)
+    assert Checkpointer(f"{cfg.train.run_dir}/checkpoints").all_steps() == [20, 40]
+
+
+def test_resume_equals_uninterrupted(tiny_experiment, tmp_path):
+    steps = ["train.steps=16", "train.checkpoint_every=4", "train.eval_every=8"]
+    straight = train(tiny_experiment(*steps, f"train.run_dir={tmp_path / 'a'}"), progress=False)
+    cfg = tiny_experiment(*steps, f"train.run_dir={tmp_path / 'b'}")
+    first = train(cfg, stop_at=8, progress=False)
+    assert first.step == 8
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(cfg, progress=False)
+    second = train(cfg, resume=True, progress=False)
+    assert second.step == 16
+    resumed = {**first.losses, **second.losses}
+    assert sorted(resumed) == sorted(straight.losses) == list(range(1, 17))
+    np.testing.assert_allclose([resumed[s] for s in range(1, 17)],
+                               [straight.losses[s] for s in range(1, 17)], rtol=0, atol=1e-6)
+    _, params_a = load_run(tmp_path / "a")
+    _, params_b = load_run(tmp_path / "b")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), params_a, params_b)
+    with pytest.raises(ResumeError, match="data.batch_size is 8 but the config says 4"):
+        train(tiny_experiment(*steps, f"train.run_dir={tmp_path / 'b'}", "data.batch_size=4"),
+              resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_experiment):
+    # A huge learning rate blows the weights up within a few steps of warm-up.
+    cfg = tiny_experiment("train.learning_rate=1e30", "train.warmup_steps=2",
+                          "train.checkpoint_every=1", "train.steps=20")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .* at step (\d+)") as err:
+        train(cfg, progress=False)
+    bad_step = int(err.value.args[0].split("at step ")[1].split(" ")[0])
+    ckpt = Checkpointer(f"{cfg.train.run_dir}/checkpoints")
+    assert ckpt.latest_step() == bad_step - 1
+    assert f"last good checkpoint is step {bad_step - 1}" in str(err.value)
+    _, params = load_run(cfg.train.run_dir)
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def _cli(name):
+    return [sys.executable, "-c", f"import sys; from launch.{name} import main; sys.exit(main())"]
+
+
+def test_sigterm_saves_and_resume_continues(tiny_experiment, data_dir, tmp_path):
+    run_dir = tmp_path / "sig"
+    args = ["--config", str(REPO / "configs/experiments/tiny.yaml"), f"data.data_dir={data_dir}",
+            f"train.run_dir={run_dir}", "train.steps=100000", "train.checkpoint_every=100000",
+            "train.log_every=1", "--no-progress"]
+    proc = subprocess.Popen(_cli("train") + args, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists()
+                                      or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM" in out
+    step = Checkpointer(run_dir / "checkpoints").latest_step()
+    assert step is not None and step >= 3
+    cfg = tiny_experiment(f"train.run_dir={run_dir}", f"train.steps={step + 2}")
+    result = train(cfg, resume=True, progress=False)
+    assert sorted(result.losses) == [step + 1, step + 2]
+
+
+def test_cli_train_then_generate(data_dir, tmp_path):
+    run_dir = tmp_path / "cli"
+    train_cmd = _cli("train") + ["--config", str(REPO / "configs/experiments/tiny.yaml"),
+                                 f"data.data_dir={data_dir}", f"train.run_dir={run_dir}",
+                                 "train.steps=6", "train.eval_every=3", "--no-progress"]
+    done = subprocess.run(train_cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "val_bits_per_byte" in done.stdout
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("import os\nclass A:\\n    def\n")
+    gen = subprocess.run(_cli("generate") + ["--checkpoint", str(run_dir), "--prompts-file",
+                                             str(prompts), "--max-new-tokens", "8",
+                                             "--temperature", "0.8", "--seed", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.count("--- completion ---") == 2 and "tokens/s" in gen.stdout
+    bad = subprocess.run(train_cmd + ["model.n_kv_heads=3"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "model.n_kv_heads=3: must divide model.n_heads=4" in bad.stderr
+    missing = subprocess.run(_cli("generate") + ["--checkpoint", str(tmp_path), "--prompt", "x"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "not a zoo run directory" in missing.stderr

@@ -14,14 +14,14 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
                    backend: str = "auto"):
     """Queries of T tree nodes attend to the committed cache and to their own ancestors.
 
-    Shapes: q [B, T, H, D]; k_cache, v_cache [B, S, K, D]; cache_len int32[B];
+    Shapes: q [B, T, H, D]; k_cache, v_cache [B, K, S, D] (head-major); cache_len int32[B];
     k_new, v_new [B, T, K, D]; parents int32[B, T]. Returns [B, T, H, D].
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown tree_attention backend {backend!r}; choose one of {BACKENDS}")
     b, t, h, d = q.shape
-    kv = k_cache.shape[2]
-    expected = {"k_cache": (b, k_cache.shape[1], kv, d), "v_cache": (b, k_cache.shape[1], kv, d),
+    kv, s = k_cache.shape[1], k_cache.shape[2]
+    expected = {"k_cache": (b, kv, s, d), "v_cache": (b, kv, s, d),
                 "k_new": (b, t, kv, d), "v_new": (b, t, kv, d)}
     for name, arr in (("k_cache", k_cache), ("v_cache", v_cache), ("k_new", k_new),
                       ("v_new", v_new)):

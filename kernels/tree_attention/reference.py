@@ -11,7 +11,8 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
 
     Args:
       q: [B, T, H, D] queries of the new nodes.
-      k_cache, v_cache: [B, S, K, D] committed keys/values; only the first `cache_len[b]` count.
+      k_cache, v_cache: [B, K, S, D] committed keys/values (head-major, so each head's keys are
+        contiguous); only the first `cache_len[b]` positions count.
       cache_len: int32[B].
       k_new, v_new: [B, T, K, D] keys/values of the new nodes.
       parents: int32[B, T] tree structure (see kernels/trees.py).
@@ -20,10 +21,12 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
       [B, T, H, D] in q's dtype.
     """
     b, t, h, d = q.shape
-    s, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    kv_heads, s = k_cache.shape[1], k_cache.shape[2]
     scale = d ** -0.5 if scale is None else scale
-    keys = jnp.repeat(jnp.concatenate([k_cache, k_new], axis=1), h // kv_heads, axis=2)
-    values = jnp.repeat(jnp.concatenate([v_cache, v_new], axis=1), h // kv_heads, axis=2)
+    keys = jnp.concatenate([k_cache.transpose(0, 2, 1, 3), k_new], axis=1)  # [B, S+T, K, D]
+    values = jnp.concatenate([v_cache.transpose(0, 2, 1, 3), v_new], axis=1)
+    keys = jnp.repeat(keys, h // kv_heads, axis=2)
+    values = jnp.repeat(values, h // kv_heads, axis=2)
     in_cache = jnp.arange(s)[None, None, :] < cache_len[:, None, None]  # [B, 1, S]
     mask = jnp.concatenate(
         [jnp.broadcast_to(in_cache, (b, t, s)), ancestor_mask(parents)], axis=-1)  # [B, T, S+T]

@@ -38,8 +38,8 @@ def _case(seed, b, t, s, h, kv, d, kind, dtype):
     rng = np.random.default_rng(seed)
     keys = jax.random.split(jax.random.key(seed), 5)
     q = jax.random.normal(keys[0], (b, t, h, d), dtype)
-    k_cache = jax.random.normal(keys[1], (b, s, kv, d), dtype)
-    v_cache = jax.random.normal(keys[2], (b, s, kv, d), dtype)
+    k_cache = jax.random.normal(keys[1], (b, kv, s, d), dtype)
+    v_cache = jax.random.normal(keys[2], (b, kv, s, d), dtype)
     k_new = jax.random.normal(keys[3], (b, t, kv, d), dtype)
     v_new = jax.random.normal(keys[4], (b, t, kv, d), dtype)
     # Ragged lengths, row 0 empty, others anywhere in [0, S] (not block multiples).
@@ -73,10 +73,10 @@ def test_reference_semantics_on_a_hand_case():
     the uniform average over those positions when all scores are equal (q = 0)."""
     s, t = 4, 3
     parents = jnp.array([[-1, 0, 0]])  # a star: nodes 1 and 2 both see only node 0 and themselves
-    v_cache = jnp.eye(s + t)[None, :s, None, :]
+    v_cache = jnp.eye(s + t)[None, None, :s, :]
     v_new = jnp.eye(s + t)[None, s:, None, :]
     zeros = lambda n: jnp.zeros((1, n, 1, s + t))  # noqa: E731
-    out = tree_attention(zeros(t), zeros(s), v_cache, jnp.array([2]), zeros(t), v_new, parents,
+    out = tree_attention(zeros(t), zeros(s).transpose(0, 2, 1, 3), v_cache, jnp.array([2]), zeros(t), v_new, parents,
                          backend="reference")[0, :, 0]
     expected = np.zeros((t, s + t))
     expected[0, [0, 1, 4]] = 1 / 3

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 class KVCache:
     """Preallocated keys/values of every attention layer and the committed length per row.
 
-    k, v: [L, B, S, K, D]; lengths: int32[B]. Slots at or beyond `lengths[b]` are garbage.
+    k, v: [L, B, K, S, D] (head-major, the layout attention reads without a transpose);
+    lengths: int32[B]. Slots at or beyond `lengths[b]` are garbage.
     """
 
     k: jnp.ndarray
@@ -17,11 +18,11 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @classmethod
     def zeros(cls, n_layers, batch, max_len, n_kv_heads, head_dim, dtype):
-        shape = (n_layers, batch, max_len, n_kv_heads, head_dim)
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
 
@@ -45,6 +46,9 @@ def commit_kv(cache: KVCache, pending: KVPending, path: jnp.ndarray, n_accepted:
     v_acc = pending.v[:, rows, path]
     j = jnp.arange(m)[None, :]
     slots = jnp.where(j < n_accepted[:, None], cache.lengths[:, None] + j, cache.max_len)
-    k = cache.k.at[:, rows, slots].set(k_acc.astype(cache.k.dtype), mode="drop")
-    v = cache.v.at[:, rows, slots].set(v_acc.astype(cache.v.dtype), mode="drop")
+    # Index [:, rows, :, slots] puts the (B, M) index dims first: values are [B, M, L, K, D].
+    k = cache.k.at[:, rows, :, slots].set(k_acc.transpose(1, 2, 0, 3, 4).astype(cache.k.dtype),
+                                          mode="drop")
+    v = cache.v.at[:, rows, :, slots].set(v_acc.transpose(1, 2, 0, 3, 4).astype(cache.v.dtype),
+                                          mode="drop")
     return KVCache(k, v, jnp.minimum(cache.lengths + n_accepted, cache.max_len).astype(jnp.int32))

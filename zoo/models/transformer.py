@@ -126,8 +126,9 @@ class TransformerLM:
         logits, hidden, (k, v) = self.module.apply(
             {"params": params}, tokens, _positions(b, t), attention_mask("causal", t))
         cache = self.init_cache(b, max_len)
-        cache = KVCache(cache.k.at[:, :, :t].set(k.astype(cache.k.dtype)),
-                        cache.v.at[:, :, :t].set(v.astype(cache.v.dtype)),
+        k, v = k.transpose(0, 1, 3, 2, 4), v.transpose(0, 1, 3, 2, 4)  # to head-major
+        cache = KVCache(cache.k.at[:, :, :, :t].set(k.astype(cache.k.dtype)),
+                        cache.v.at[:, :, :, :t].set(v.astype(cache.v.dtype)),
                         jnp.asarray(lengths, jnp.int32))
         return logits, hidden, cache
 

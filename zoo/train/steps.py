@@ -40,8 +40,8 @@ def make_train_step(model, tx, schedule):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-                   "params_finite": jnp.isfinite(optax.global_norm(params)),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "params_finite": jnp.isfinite(optax.tree.norm(params)),
                    "learning_rate": schedule(state.step)}
         return TrainState(state.step + 1, params, opt_state), metrics
 

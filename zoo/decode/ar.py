@@ -49,6 +49,35 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int,
     return tokens, lengths
 
 
+def prepare_request(prompts, *, vocab_size: int, pad_id: int, max_new_tokens: int,
+                    sampler: Sampler, rng, max_len: int | None, extra_slots: int = 0,
+                    extra_what: str = ""):
+    """Validate a generation request before any work and size its KV cache.
+
+    The cache must hold the longest prompt, its new tokens and `extra_slots` (e.g. a draft
+    tree's nodes); `max_len` defaults to that, rounded up to a bucket. Returns
+    (tokens, lengths, rng, max_len).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if rng is None:
+        if not sampler.greedy:
+            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
+        rng = jax.random.key(0)
+    tokens, lengths = pad_prompts(prompts, vocab_size, pad_id)
+    longest = int(lengths.max())
+    need = longest + max_new_tokens + extra_slots
+    if max_len is None:
+        max_len = _round_up(max(need, tokens.shape[1]), CACHE_BUCKET)
+    if need > max_len:
+        raise ValueError(f"prompt {int(lengths.argmax())} has {longest} tokens; with "
+                         f"max_new_tokens={max_new_tokens}{extra_what} it needs a KV cache of "
+                         f"{need} but the cache holds {max_len}")
+    if tokens.shape[1] > max_len:  # the bucket overshoots a tight cache: pad less
+        tokens = tokens[:, :max_len]
+    return tokens, lengths, rng, max_len
+
+
 def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampler: Sampler = Sampler(), rng=None, eos_id: int, pad_id: int,
              max_len: int | None = None) -> Generation:
@@ -57,22 +86,9 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     `max_len` is the KV-cache length (default: prompt bucket + max_new_tokens, rounded up);
     a prompt that cannot fit with its new tokens raises before any work.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if rng is None:
-        if not sampler.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
-        rng = jax.random.key(0)
-    tokens, lengths = pad_prompts(prompts, model.vocab_size, pad_id)
-    if max_len is None:
-        max_len = _round_up(tokens.shape[1] + max_new_tokens, CACHE_BUCKET)
-    longest = int(lengths.max())
-    if longest + max_new_tokens > max_len:
-        raise ValueError(f"prompt {int(lengths.argmax())} has {longest} tokens; with "
-                         f"max_new_tokens={max_new_tokens} it needs a KV cache of "
-                         f"{longest + max_new_tokens} but the cache holds {max_len}")
-    if tokens.shape[1] > max_len:  # the bucket overshoots a tight cache: pad less
-        tokens = tokens[:, :max_len]
+    tokens, lengths, rng, max_len = prepare_request(
+        prompts, vocab_size=model.vocab_size, pad_id=pad_id, max_new_tokens=max_new_tokens,
+        sampler=sampler, rng=rng, max_len=max_len)
     out, num = _decode(params, jnp.asarray(tokens), jnp.asarray(lengths), rng, model=model,
                        sampler=sampler, max_new_tokens=max_new_tokens, max_len=max_len,
                        eos_id=eos_id, pad_id=pad_id)

@@ -1,0 +1,96 @@
+"""Lossless speculative decoding over token trees, written once against the decoding protocol.
+
+Each step: the drafter proposes a tree under the last emitted token; the target runs ONE
+`extend` over the whole tree; verification picks the accepted root-to-node path (greedy:
+identical to AR greedy; sampling: identical in distribution to AR sampling); `commit` keeps only
+that path in the target's cache; the drafter updates its own state. The loop is one jitted
+`lax.while_loop` per shape: no host round trip per step.
+"""
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.decode.ar import Generation, prepare_request
+from zoo.decode.sampling import Sampler
+from zoo.decode.verify import verify_greedy, verify_stochastic
+
+
+@dataclasses.dataclass
+class SpeculativeGeneration(Generation):
+    target_forwards: np.ndarray  # int32[B]: target tree forwards while the row was active
+    # Mean tokens emitted per target forward (tau), over all rows; the prefill is not counted.
+    tau: float = 0.0
+
+
+def generate(target, target_params, prompts: Sequence[Sequence[int]], *, drafter,
+             drafter_params=None, max_new_tokens: int, sampler: Sampler = Sampler(), rng=None,
+             eos_id: int, pad_id: int, max_len: int | None = None) -> SpeculativeGeneration:
+    """Like `zoo.decode.ar.generate`, with a drafter; the output is what AR decoding gives
+    (greedy: token for token; sampling: in distribution)."""
+    # The tree's nodes sit past the committed tokens, so the cache needs room for them too.
+    tokens, lengths, rng, max_len = prepare_request(
+        prompts, vocab_size=target.vocab_size, pad_id=pad_id, max_new_tokens=max_new_tokens,
+        sampler=sampler, rng=rng, max_len=max_len, extra_slots=drafter.num_nodes,
+        extra_what=f" and a {drafter.num_nodes}-node tree")
+    out, num, forwards = _decode(target_params, drafter_params, jnp.asarray(tokens),
+                                 jnp.asarray(lengths), rng, target=target, drafter=drafter,
+                                 sampler=sampler, max_new_tokens=max_new_tokens, max_len=max_len,
+                                 eos_id=eos_id, pad_id=pad_id)
+    out, num, forwards = np.asarray(out), np.asarray(num), np.asarray(forwards)
+    # The first token comes from the prefill, not from a tree forward.
+    tau = float((num - 1).sum() / max(forwards.sum(), 1))
+    return SpeculativeGeneration(out[:, :max_new_tokens], num, forwards, tau)
+
+
+@functools.partial(jax.jit, static_argnames=("target", "drafter", "sampler", "max_new_tokens",
+                                             "max_len", "eos_id", "pad_id"))
+def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, drafter, sampler,
+            max_new_tokens, max_len, eos_id, pad_id):
+    batch = tokens.shape[0]
+    rows = jnp.arange(batch)[:, None]
+    logits, _, cache = target.prefill(target_params, tokens, lengths, max_len)
+    first = sampler.sample(jax.random.fold_in(rng, 0), logits[rows[:, 0], lengths - 1])
+    drafter_state = drafter.init(drafter_params, tokens, lengths, max_len)
+    width = drafter.max_depth + 1  # most tokens one step can emit
+    out = jnp.full((batch, max_new_tokens + width), pad_id, jnp.int32).at[:, 0].set(first)
+    num = jnp.ones((batch,), jnp.int32)
+    done = (first == eos_id) | (max_new_tokens == 1)
+    forwards = jnp.zeros((batch,), jnp.int32)
+
+    def cond(state):
+        return ~jnp.all(state[5])
+
+    def body(state):
+        step, cache, drafter_state, last, out, done, num, forwards = state
+        draft_rng, verify_rng = jax.random.split(jax.random.fold_in(rng, step))
+        draft, drafter_state = drafter.propose(drafter_params, drafter_state, last, draft_rng)
+        logits, _, pending = target.extend(target_params, cache, draft.tokens, draft.parents)
+        if sampler.greedy:
+            verdict = verify_greedy(draft.tokens, draft.parents, logits, drafter.max_depth)
+        else:
+            verdict = verify_stochastic(verify_rng, draft.tokens, draft.parents,
+                                        sampler.logprobs(logits), draft.logprobs, drafter.rule,
+                                        drafter.max_depth)
+        new = verdict.emitted(draft.tokens)
+        j = jnp.arange(width)[None, :]
+        valid = j < verdict.n_accepted[:, None]
+        eos_at = jnp.min(jnp.where(valid & (new == eos_id), j, width), axis=1)
+        count = jnp.minimum(jnp.minimum(verdict.n_accepted, eos_at + 1), max_new_tokens - num)
+        count = jnp.where(done, 0, count)
+        slots = jnp.where(j < count[:, None], num[:, None] + j, out.shape[1])
+        out = out.at[rows, slots].set(new, mode="drop")
+        cache = target.commit(cache, pending, verdict.path, jnp.where(done, 0, verdict.n_accepted))
+        drafter_state = drafter.update(drafter_params, drafter_state, draft, verdict)
+        forwards = forwards + (~done).astype(jnp.int32)
+        num = num + count
+        done = done | (eos_at < count) | (num >= max_new_tokens)
+        return step + 1, cache, drafter_state, verdict.bonus, out, done, num, forwards
+
+    state = (jnp.int32(1), cache, drafter_state, first, out, done, num, forwards)
+    state = jax.lax.while_loop(cond, body, state)
+    return state[4], state[6], state[7]

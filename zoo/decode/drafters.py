@@ -5,11 +5,11 @@ none of their internals:
 
     state = drafter.init(params, prompt_tokens, prompt_lengths, max_len)
     draft, state = drafter.propose(params, state, last, rng)     # a Draft of `num_nodes` nodes
-    state = drafter.update(params, state, draft, verdict)         # after verification
+    state = drafter.update(params, state, draft, verdict, target_logits)  # after verification
 
 A Draft's node 0 is the last emitted token (the root, accepted by construction); the other nodes
-are proposals. `update` sees the accepted path so a drafter can keep its own state (a KV cache, a
-token history) equal to what the target committed. `rule` says how siblings were drafted, which
+are proposals. `update` sees the accepted path and the target's logits at every node, so a drafter
+can keep its own state (a KV cache, a token history, recycled candidates) in step with the target. `rule` says how siblings were drafted, which
 decides the lossless stochastic acceptance rule (shared ALGORITHMS.md §3).
 """
 
@@ -89,7 +89,7 @@ class PromptLookup(_ChainDrafter):
         tokens = jnp.concatenate([last[:, None], proposal], axis=1).astype(jnp.int32)
         return Draft(tokens, _chain(b, self.num_nodes)), state
 
-    def update(self, params, state, draft, verdict):
+    def update(self, params, state, draft, verdict, target_logits):
         committed, n = _committed_tokens(draft, verdict)
         history, length = state["history"], state["length"]
         j = jnp.arange(committed.shape[1])[None, :]
@@ -154,7 +154,7 @@ class DraftModelChain(_ChainDrafter):
                       jnp.stack(qs, 1))
         return draft, {**state, "cache": cache, "base": base}
 
-    def update(self, params, state, draft, verdict):
+    def update(self, params, state, draft, verdict, target_logits):
         accepted = verdict.n_accepted - 1  # drafted tokens accepted
         cache = state["cache"]
         fed = jnp.minimum(accepted, self.num_draft - 1)

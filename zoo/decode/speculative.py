@@ -85,7 +85,7 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
         slots = jnp.where(j < count[:, None], num[:, None] + j, out.shape[1])
         out = out.at[rows, slots].set(new, mode="drop")
         cache = target.commit(cache, pending, verdict.path, jnp.where(done, 0, verdict.n_accepted))
-        drafter_state = drafter.update(drafter_params, drafter_state, draft, verdict)
+        drafter_state = drafter.update(drafter_params, drafter_state, draft, verdict, logits)
         forwards = forwards + (~done).astype(jnp.int32)
         num = num + count
         done = done | (eos_at < count) | (num >= max_new_tokens)

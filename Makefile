@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROMPT ?= def fibonacci(n):\n
+PROMPT ?= class Stack:\n    def __init__(self
 
 .PHONY: demo test bench clean
 
@@ -18,6 +18,9 @@ $(STAMP): setup.py | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/zoo-train --config configs/experiments/code_small.yaml $(if $(wildcard runs/code_small/checkpoints),--resume,)
 	$(BIN)/zoo-generate --checkpoint runs/code_small --prompt "$(PROMPT)"
+	@echo "--- the same prompt, greedy, plain vs speculative (prompt lookup) ---"
+	$(BIN)/zoo-generate --checkpoint runs/code_small --prompt "$(PROMPT)" --temperature 0 \
+		--speculative prompt_lookup
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q

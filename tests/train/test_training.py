@@ -110,6 +110,16 @@ def test_cli_train_then_generate(data_dir, tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.count("--- completion ---") == 2 and "tokens/s" in gen.stdout
+    spec = subprocess.run(_cli("generate") + ["--checkpoint", str(run_dir), "--prompt", "def f(",
+                                              "--max-new-tokens", "12", "--temperature", "0",
+                                              "--speculative", "prompt_lookup", "--tree", "chain3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert spec.returncode == 0, spec.stderr
+    assert "speculative (prompt_lookup)" in spec.stdout and "outputs identical" in spec.stdout
+    unknown = subprocess.run(_cli("generate") + ["--checkpoint", str(run_dir), "--prompt", "x",
+                                                 "--speculative", "oracle"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "unknown drafter 'oracle'" in unknown.stderr
     bad = subprocess.run(train_cmd + ["model.n_kv_heads=3"], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "model.n_kv_heads=3: must divide model.n_heads=4" in bad.stderr

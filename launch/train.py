@@ -26,19 +26,23 @@ def main(argv=None) -> int:
         print(f"zoo-train: config error: {e}", file=sys.stderr)
         return 2
 
-    from zoo.train.loop import NonFiniteLossError, ResumeError, train  # heavy imports after validation
+    from zoo.train.loop import (NonFiniteLossError, ResumeError, format_metrics,  # heavy imports
+                                train)  # after validation
 
     print(f"zoo-train: {config.name} -> {config.train.run_dir}", flush=True)
     try:
         result = train(config, resume=args.resume, stop_at=args.stop_at,
                        progress=not args.no_progress)
+    except (FileNotFoundError, config_lib.ConfigError) as e:  # e.g. a bad heads.target_run
+        print(f"zoo-train: {e}", file=sys.stderr)
+        return 2
     except (NonFiniteLossError, FileExistsError, ResumeError) as e:
         print(f"zoo-train: {e}", file=sys.stderr)
         return 1
     last = result.evals[-1] if result.evals else {}
     print(f"zoo-train: stopped at step {result.step}"
           + (" (SIGTERM)" if result.interrupted else "")
-          + (f", val_bits_per_byte {last['val_bits_per_byte']:.4f}" if last else ""), flush=True)
+          + (f", {format_metrics(last)}" if last else ""), flush=True)
     return 0
 
 

@@ -149,6 +149,33 @@ class DecodeConfig:
                  self.max_new_tokens)
 
 
+HEAD_KINDS = ("none", "medusa", "hydra")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsConfig:
+    """Draft heads (Medusa, Hydra) trained on a frozen target run; kind "none" trains the LM.
+
+    The target run is checked when training starts, not here, so an experiment loads (and can be
+    inspected or overridden) before its target has been trained.
+    """
+
+    kind: str = "none"  # none | medusa | hydra
+    target_run: str = ""  # run directory of the frozen target (written by zoo-train)
+    num_heads: int = 4  # head k predicts the token k+1 places after the target's hidden state
+    num_layers: int = 1  # residual `h + SiLU(W h)` blocks per head
+    shared_lm_head: bool = True  # reuse the target's frozen LM head; else each head owns a copy
+
+    def __post_init__(self):
+        _require(self.kind in HEAD_KINDS, "heads.kind", f"must be one of {list(HEAD_KINDS)}",
+                 self.kind)
+        _positive(self, "heads", "num_heads", "num_layers")
+        if self.kind != "none":
+            _require(bool(self.target_run), "heads.target_run",
+                     f"must name the target's run directory when heads.kind={self.kind!r}",
+                     self.target_run)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "default"
@@ -156,6 +183,7 @@ class ExperimentConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     decode: DecodeConfig = DecodeConfig()
+    heads: HeadsConfig = HeadsConfig()
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}

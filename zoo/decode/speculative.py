@@ -5,6 +5,11 @@ Each step: the drafter proposes a tree under the last emitted token; the target 
 identical to AR greedy; sampling: identical in distribution to AR sampling); `commit` keeps only
 that path in the target's cache; the drafter updates its own state. The loop is one jitted
 `lax.while_loop` per shape: no host round trip per step.
+
+Drafters that read the target's hidden states (draft heads: Medusa, Hydra) say so with a class
+attribute `needs_hidden = True`; they then also get `target_hidden=` in `init` (the prefill's
+hidden states [B, P, E]) and in `update` (the tree forward's [B, T, E]). Other drafters are
+called exactly as before.
 """
 
 import dataclasses
@@ -53,9 +58,11 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
             max_new_tokens, max_len, eos_id, pad_id):
     batch = tokens.shape[0]
     rows = jnp.arange(batch)[:, None]
-    logits, _, cache = target.prefill(target_params, tokens, lengths, max_len)
+    logits, hidden, cache = target.prefill(target_params, tokens, lengths, max_len)
     first = sampler.sample(jax.random.fold_in(rng, 0), logits[rows[:, 0], lengths - 1])
-    drafter_state = drafter.init(drafter_params, tokens, lengths, max_len)
+    needs_hidden = getattr(drafter, "needs_hidden", False)
+    drafter_state = drafter.init(drafter_params, tokens, lengths, max_len,
+                                 **({"target_hidden": hidden} if needs_hidden else {}))
     width = drafter.max_depth + 1  # most tokens one step can emit
     out = jnp.full((batch, max_new_tokens + width), pad_id, jnp.int32).at[:, 0].set(first)
     num = jnp.ones((batch,), jnp.int32)
@@ -69,7 +76,7 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
         step, cache, drafter_state, last, out, done, num, forwards = state
         draft_rng, verify_rng = jax.random.split(jax.random.fold_in(rng, step))
         draft, drafter_state = drafter.propose(drafter_params, drafter_state, last, draft_rng)
-        logits, _, pending = target.extend(target_params, cache, draft.tokens, draft.parents)
+        logits, hidden, pending = target.extend(target_params, cache, draft.tokens, draft.parents)
         if sampler.greedy:
             verdict = verify_greedy(draft.tokens, draft.parents, logits, drafter.max_depth)
         else:
@@ -85,7 +92,8 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
         slots = jnp.where(j < count[:, None], num[:, None] + j, out.shape[1])
         out = out.at[rows, slots].set(new, mode="drop")
         cache = target.commit(cache, pending, verdict.path, jnp.where(done, 0, verdict.n_accepted))
-        drafter_state = drafter.update(drafter_params, drafter_state, draft, verdict, logits)
+        drafter_state = drafter.update(drafter_params, drafter_state, draft, verdict, logits,
+                                       **({"target_hidden": hidden} if needs_hidden else {}))
         forwards = forwards + (~done).astype(jnp.int32)
         num = num + count
         done = done | (eos_at < count) | (num >= max_new_tokens)

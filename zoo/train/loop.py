@@ -20,8 +20,9 @@ from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
 from zoo.data.packing import BatchIterator, PackedDataset, eval_batches, load_token_stream
 from zoo.models import build_model
+from zoo.models.heads import build_heads
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer
-from zoo.train.steps import init_state, make_eval_step, make_train_step, summarize_eval
+from zoo.train.steps import LMObjective, init_state, summarize_eval
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,13 +58,24 @@ class _SigtermFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(eval_step, params, batches) -> dict:
-    totals = {"nats": 0.0, "targets": 0, "bytes": 0}
+def evaluate(eval_step, params, batches, summarize=summarize_eval) -> dict:
+    """Sum the eval step's outputs (scalars or arrays, in float64) over `batches`, then
+    `summarize` the totals into metrics."""
+    totals = None
     for batch in batches:
-        out = jax.device_get(eval_step(params, batch))
-        for key in totals:
-            totals[key] += out[key].item()
-    return summarize_eval(totals)
+        out = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                           jax.device_get(eval_step(params, batch)))
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    return summarize(totals)
+
+
+def build_objective(config: config_lib.ExperimentConfig):
+    """What `config` trains: the LM itself, or draft heads on a frozen target run (loaded here,
+    so a missing target fails before any other work)."""
+    if config.heads.kind == "none":
+        return LMObjective(build_model(config.model))
+    from zoo.train.heads import HeadsObjective  # it loads runs with load_run below
+    return HeadsObjective.from_config(config)
 
 
 def _append_jsonl(path: pathlib.Path, record: dict) -> None:
@@ -76,6 +88,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     """Train `config`; `stop_at` ends this run early (checkpointed) at that step, as a preemption
     would, so a later `resume=True` run can continue to `config.train.steps`."""
     tc, dc = config.train, config.data
+    objective = build_objective(config)
     run_dir = pathlib.Path(tc.run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     if checkpointer.latest_step() is not None and not resume:
@@ -91,10 +104,9 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     batches = BatchIterator(train_data, dc.batch_size, seed=dc.seed, shuffle=dc.shuffle)
     val_batches = eval_batches(val_data, dc.batch_size, tc.eval_batches)
 
-    model = build_model(config.model)
     tx = make_optimizer(tc)
     schedule = learning_rate_schedule(tc)
-    state = init_state(model, tx, jax.random.key(tc.seed))
+    state = init_state(objective, tx, jax.random.key(tc.seed))
     # The iterator position only means the same batches under the same data settings.
     data_identity = {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
                      "seed": dc.seed, "shuffle": dc.shuffle}
@@ -105,7 +117,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                 raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
                                  f"{data_state.get(key)!r} but the config says {value!r}")
         batches.set_state(data_state)
-    train_step, eval_step = make_train_step(model, tx, schedule), make_eval_step(model)
+    train_step, eval_step = objective.make_train_step(tx, schedule), objective.make_eval_step()
 
     start = int(state.step)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
@@ -140,11 +152,11 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                         "tokens_per_s": tok_s})
                     window_start, window_steps = time.perf_counter(), 0
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    record = {"step": step, **evaluate(eval_step, state.params, val_batches)}
+                    record = {"step": step, **evaluate(eval_step, state.params, val_batches,
+                                                        objective.summarize)}
                     result.evals.append(record)
                     _append_jsonl(metrics_path, record)
-                    bar.write(f"step {step}: val_loss {record['val_loss']:.4f}  "
-                              f"val_bits_per_byte {record['val_bits_per_byte']:.4f}")
+                    bar.write(f"step {step}: " + format_metrics(record))
                     window_start = time.perf_counter()  # tokens/s counts training only
                 if step % tc.checkpoint_every == 0 or step == end or sigterm.raised:
                     checkpointer.save(step, state, {**batches.get_state(), **data_identity})
@@ -159,14 +171,21 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     return result
 
 
+def format_metrics(record: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
+
+
 def load_run(run_dir: str | pathlib.Path, step: int | None = None):
-    """(config, params) of a training run directory, from its latest (or given) checkpoint."""
+    """(config, params) of a training run directory, from its latest (or given) checkpoint.
+    For a draft-heads run the params are the heads' (its target is `config.heads.target_run`)."""
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a zoo run directory (no config.yaml)")
     config = config_lib.load(run_dir / "config.yaml")
-    model, tx = build_model(config.model), make_optimizer(config.train)
-    abstract = jax.eval_shape(lambda: init_state(model, tx, jax.random.key(0)))
+    trained = (build_model(config.model) if config.heads.kind == "none"
+               else build_heads(config.heads, config.model))
+    tx = make_optimizer(config.train)
+    abstract = jax.eval_shape(lambda: init_state(trained, tx, jax.random.key(0)))
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
         state, _ = checkpointer.restore(abstract, step)

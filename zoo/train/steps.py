@@ -1,7 +1,9 @@
 """The jitted train and eval steps. The train state is donated, so it is updated in place."""
 
+import dataclasses
 import functools
 import math
+from typing import Any
 
 import flax.struct
 import jax
@@ -60,5 +62,30 @@ def make_eval_step(model):
 
 def summarize_eval(totals: dict) -> dict:
     """Mean loss per target and bits per byte (all nats, separators included, over text bytes)."""
-    return {"val_loss": totals["nats"] / max(totals["targets"], 1),
-            "val_bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1)}
+    return {"val_loss": float(totals["nats"] / max(totals["targets"], 1)),
+            "val_bits_per_byte": float(totals["nats"] / math.log(2) / max(totals["bytes"], 1))}
+
+
+@dataclasses.dataclass(frozen=True)
+class LMObjective:
+    """What a plain LM run trains: the model's own next-token cross-entropy on the data.
+
+    The loop trains any objective with this shape: `init(rng)` -> the trained params,
+    `make_train_step(tx, schedule)` and `make_eval_step()` as above (the eval step returns sums
+    over a batch), and `summarize(totals)` -> validation metrics. `zoo.train.heads` has the other
+    one: draft heads on a frozen target.
+    """
+
+    model: Any  # a DecodingModel
+
+    def init(self, rng):
+        return self.model.init(rng)
+
+    def make_train_step(self, tx, schedule):
+        return make_train_step(self.model, tx, schedule)
+
+    def make_eval_step(self):
+        return make_eval_step(self.model)
+
+    def summarize(self, totals: dict) -> dict:
+        return summarize_eval(totals)

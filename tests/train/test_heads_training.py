@@ -1,0 +1,113 @@
+"""Draft heads train on a frozen target through the ordinary loop (zoo-train)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from launch.train import main as train_cli
+from zoo.checkpoint import Checkpointer
+from zoo.config import ConfigError
+from zoo.train.heads import head_losses, load_heads_run
+from zoo.train.loop import load_run, train
+
+from conftest import REPO
+
+TINY = str(REPO / "configs/experiments/tiny.yaml")
+
+
+def test_head_k_at_position_t_learns_the_targets_greedy_token_t_plus_k_plus_1():
+    """An oracle that knows the teacher sequence agrees everywhere, and Hydra's inputs are the
+    teacher tokens t+1..t+K; any misalignment of labels or inputs would make it disagree."""
+    t_len, k_heads, vocab = 10, 3, 50
+    greedy = jax.random.randint(jax.random.key(0), (2, t_len), 0, vocab)  # greedy[j] = y_{j+1}
+    rows = jnp.arange(2)[:, None, None]
+
+    class Oracle:
+        num_heads = k_heads
+
+        def logits(self, params, target_params, hidden, tokens):
+            t = hidden[..., 0].astype(jnp.int32)[..., None]  # the hidden state carries t
+            ahead = jnp.minimum(t + jnp.arange(k_heads), t_len - 1)
+            np.testing.assert_array_equal(tokens, greedy[rows, ahead])  # y_{t+1..t+K}
+            label = greedy[rows, jnp.minimum(ahead + 1, t_len - 1)]  # y_{t+k+1}
+            return 30.0 * jax.nn.one_hot(label, vocab)
+
+    hidden = jnp.broadcast_to(jnp.arange(t_len, dtype=jnp.float32)[None, :, None], (2, t_len, 4))
+    losses, agree, mask = head_losses(Oracle(), None, None, hidden, greedy)
+    np.testing.assert_array_equal(mask.sum((0, 1)), [2 * (t_len - k) for k in (1, 2, 3)])
+    assert agree[mask].all() and losses[mask].max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def target_run(data_dir, tmp_path_factory):
+    """A tiny target LM trained for a few steps: its greedy tokens are the heads' labels."""
+    from zoo import config as config_lib
+    run_dir = tmp_path_factory.mktemp("target") / "run"
+    train(config_lib.load(TINY, [f"data.data_dir={data_dir}", f"train.run_dir={run_dir}",
+                                 "train.steps=30", "train.eval_every=30"]), progress=False)
+    return run_dir
+
+
+def _heads(tiny_experiment, target_run, kind, *overrides):
+    return tiny_experiment(f"heads.kind={kind}", f"heads.target_run={target_run}",
+                           "heads.num_heads=3", "train.learning_rate=1e-2", "train.warmup_steps=2",
+                           *overrides)
+
+
+def test_medusa_loss_falls_target_stays_frozen_and_resume_continues(tiny_experiment, target_run,
+                                                                    tmp_path):
+    steps = ["train.steps=24", "train.eval_every=12", "train.checkpoint_every=12"]
+    cfg = _heads(tiny_experiment, target_run, "medusa", *steps,
+                 f"train.run_dir={tmp_path / 'a'}")
+    straight = train(cfg, progress=False)
+    assert np.mean([straight.losses[s] for s in range(20, 25)]) < \
+        np.mean([straight.losses[s] for s in range(1, 6)]) - 0.3
+    last = straight.evals[-1]
+    assert all(0 < last[f"val_head{k}_top1"] <= 1 for k in (1, 2, 3))
+    assert last["val_loss"] < straight.evals[0]["val_loss"]
+    rows = [json.loads(l) for l in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert any("val_head1_top1" in r for r in rows)
+
+    # Only the heads are trained and saved; the target run is untouched.
+    config, heads, params, target, target_params = load_heads_run(tmp_path / "a")
+    assert config.heads.kind == "medusa" and set(params) == {"res_0"}
+    assert Checkpointer(target_run / "checkpoints").latest_step() == 30
+    _, reloaded = load_run(target_run)
+    jax.tree.map(np.testing.assert_array_equal, target_params, reloaded)
+
+    split = _heads(tiny_experiment, target_run, "medusa", *steps,
+                   f"train.run_dir={tmp_path / 'b'}")
+    first = train(split, stop_at=12, progress=False)
+    second = train(split, resume=True, progress=False)
+    resumed = {**first.losses, **second.losses}
+    np.testing.assert_allclose([resumed[s] for s in range(1, 25)],
+                               [straight.losses[s] for s in range(1, 25)], rtol=0, atol=1e-6)
+
+
+def test_hydra_heads_train(tiny_experiment, target_run):
+    result = train(_heads(tiny_experiment, target_run, "hydra", "heads.shared_lm_head=false",
+                          "train.steps=16", "train.eval_every=8"), progress=False)
+    assert np.mean([result.losses[s] for s in range(13, 17)]) < \
+        np.mean([result.losses[s] for s in range(1, 5)]) - 0.3
+    assert [e["step"] for e in result.evals] == [8, 16]
+    assert all(0 < result.evals[-1][f"val_head{k}_top1"] <= 1 for k in (1, 2, 3))
+
+
+def test_bad_target_run_fails_before_any_work(tiny_experiment, target_run, tmp_path, capsys,
+                                               data_dir):
+    run_dir = tmp_path / "heads"
+    args = ["--config", TINY, f"data.data_dir={data_dir}", f"train.run_dir={run_dir}",
+            "heads.kind=medusa", "--no-progress"]
+    assert train_cli(args + [f"heads.target_run={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert "heads.target_run=" in err and "not a zoo run directory" in err
+    assert train_cli(args + ["heads.target_run="]) == 2
+    assert "heads.target_run='': must name the target's run directory" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="trained with model.d_model=64 but this config has "
+                                         "model.d_model=32"):
+        train(_heads(tiny_experiment, target_run, "medusa", "model.d_model=32",
+                     f"train.run_dir={run_dir}"), progress=False)
+    assert not run_dir.exists()

@@ -1,0 +1,139 @@
+"""Training draft heads on a frozen target by self-distillation (Medusa-2 / Hydra++ style).
+
+The labels are the target's own greedy predictions, not the data: a head is only useful when it
+agrees with what the target will emit, and the target's argmax is that. On a batch of corpus
+text the frozen target gives, at every position j, its hidden state h_j and its greedy next token
+y_{j+1} = argmax logits_j. Head k at position t learns y_{t+k+1} from h_t (Hydra heads also see
+the teacher tokens y_{t+1..t+k} as their drafted path). Positions whose label falls past the
+window are masked. Only the heads are trained: the target's params are an argument of the jitted
+step, never part of the train state, so its gradients are never taken and nothing of it is saved.
+
+`HeadsObjective` plugs into `zoo.train.loop` exactly like the plain LM objective, so heads get
+the loop's checkpoints, resume, NaN stop and SIGTERM handling for free.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zoo.config import ConfigError, ExperimentConfig
+from zoo.models import build_model
+from zoo.models.heads import DraftHeads, build_heads
+from zoo.train.steps import TrainState
+
+
+def teacher(target, target_params, inputs):
+    """The frozen target's (hidden [B, T, E], greedy next tokens int32[B, T])."""
+    logits, hidden = target.forward(target_params, inputs)
+    return jax.lax.stop_gradient(hidden), jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def head_losses(heads: DraftHeads, params, target_params, hidden, greedy):
+    """Per (row, position, head) cross-entropy and top-1 agreement with the target, [B, T, K],
+    and the mask of positions whose label lies inside the window."""
+    t, k = greedy.shape[1], heads.num_heads
+    ahead = jnp.arange(t)[:, None] + jnp.arange(k)[None, :]  # [T, K]: t + k - 1 for head k
+    labels = jnp.take(greedy, jnp.minimum(ahead + 1, t - 1), axis=1)  # y_{t+k+1} = greedy[t+k]
+    path = jnp.take(greedy, jnp.minimum(ahead, t - 1), axis=1)  # y_{t+1..t+K} (Hydra's inputs)
+    logits = heads.logits(params, target_params, hidden, path)  # [B, T, K, V]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    agree = jnp.argmax(logits, -1) == labels
+    mask = jnp.broadcast_to(ahead + 1 < t, losses.shape)
+    return losses, agree, mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HeadsObjective:
+    """Draft heads on a frozen target: the loop's objective for a `heads.kind` != none run."""
+
+    heads: DraftHeads
+    target: Any  # the target's DecodingModel
+    target_params: Any
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> "HeadsObjective":
+        """Load the target run named by `heads.target_run`; it must exist, hold a checkpoint, and
+        have the model config the experiment names (the heads are built for its shapes)."""
+        from zoo.train.loop import load_run  # loop imports this module lazily; no cycle
+
+        run = pathlib.Path(config.heads.target_run)
+        try:
+            target_config, target_params = load_run(run)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"heads.target_run={str(run)!r}: {e}; train the target "
+                                    "first (zoo-train --config <its experiment>)") from None
+        if target_config.heads.kind != "none":
+            raise ConfigError(f"heads.target_run={str(run)!r} is itself a draft-heads run; name "
+                             "the target LM's run directory")
+        for field in dataclasses.fields(config.model):
+            ours, theirs = (getattr(c.model, field.name) for c in (config, target_config))
+            if ours != theirs:
+                raise ConfigError(f"heads.target_run={str(run)!r} was trained with "
+                                 f"model.{field.name}={theirs!r} but this config has "
+                                 f"model.{field.name}={ours!r}; the heads need the target's model")
+        return cls(build_heads(config.heads, config.model), build_model(config.model),
+                   target_params)
+
+    def init(self, rng):
+        return self.heads.init(rng, self.target_params)
+
+    def make_train_step(self, tx, schedule):
+        heads, target = self.heads, self.target
+
+        def loss_fn(params, target_params, hidden, greedy):
+            losses, _, mask = head_losses(heads, params, target_params, hidden, greedy)
+            per_head = jnp.sum(losses * mask, (0, 1)) / jnp.maximum(mask.sum((0, 1)), 1)
+            return per_head.mean()
+
+        @functools.partial(jax.jit, donate_argnums=0)
+        def train_step(state: TrainState, batch, target_params):
+            hidden, greedy = teacher(target, target_params, batch["inputs"])
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, target_params, hidden, greedy)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                       "params_finite": jnp.isfinite(optax.tree.norm(params)),
+                       "learning_rate": schedule(state.step)}
+            return TrainState(state.step + 1, params, opt_state), metrics
+
+        # The target's params are a jit argument (not a closed-over constant baked into the
+        # program), passed on every call.
+        return functools.partial(train_step, target_params=self.target_params)
+
+    def make_eval_step(self):
+        heads, target = self.heads, self.target
+
+        @jax.jit
+        def eval_step(params, batch, target_params):
+            hidden, greedy = teacher(target, target_params, batch["inputs"])
+            losses, agree, mask = head_losses(heads, params, target_params, hidden, greedy)
+            return {"nats": jnp.sum(losses * mask, (0, 1)), "agree": jnp.sum(agree & mask, (0, 1)),
+                    "count": jnp.sum(mask, (0, 1))}
+
+        return functools.partial(eval_step, target_params=self.target_params)
+
+    def summarize(self, totals: dict) -> dict:
+        """Mean loss over heads, and each head's top-1 agreement with the target's greedy token
+        (the chance that head alone would be accepted given its parent was)."""
+        count = totals["count"].clip(min=1)
+        metrics = {"val_loss": float((totals["nats"] / count).mean())}
+        for k, agree in enumerate(totals["agree"] / count, start=1):
+            metrics[f"val_head{k}_top1"] = float(agree)
+        return metrics
+
+
+def load_heads_run(run_dir, step: int | None = None):
+    """(config, heads, head params, target model, target params) of a draft-heads run: what a
+    `MedusaDrafter` / `HydraDrafter` and the engine need."""
+    from zoo.train.loop import load_run
+
+    config, params = load_run(run_dir, step)
+    if config.heads.kind == "none":
+        raise ValueError(f"{run_dir} is not a draft-heads run (heads.kind is 'none')")
+    objective = HeadsObjective.from_config(config)
+    return config, objective.heads, params, objective.target, objective.target_params

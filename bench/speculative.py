@@ -23,7 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
 
 from kernels.trees import chain_parents  # noqa: E402
-from launch.drafter_factory import DRAFTER_SPECS, ensure_trained, make_drafter  # noqa: E402
+from launch.drafter_factory import (HEAD_DRAFTERS, MODEL_DRAFTERS, ensure_trained,  # noqa: E402
+                                     make_drafter)
 from zoo import config as config_lib  # noqa: E402
 from zoo.data import code_corpus  # noqa: E402
 from zoo.data.tokenizer import ByteTokenizer  # noqa: E402
@@ -33,6 +34,21 @@ from zoo.models import build_model  # noqa: E402
 from zoo.train.loop import load_run  # noqa: E402
 
 TARGET = "configs/experiments/code_ref.yaml"
+DRAFT = "configs/experiments/code_draft.yaml"
+HEADS = {kind: f"configs/experiments/code_ref_{kind}.yaml" for kind in HEAD_DRAFTERS}
+
+# (drafter, tree) pairs measured, train-free first.
+SPECS = [
+    ("prompt_lookup", "chain6"),
+    ("recycling", "medusa_small"),
+    ("draft", "chain4"),
+    ("draft_tree", "medusa_small"),
+    ("draft_dynamic", "d4k4w4b16"),
+    ("medusa", "medusa_small"),
+    ("medusa", "medusa_63"),
+    ("hydra", "medusa_small"),
+    ("hydra", "medusa_63"),
+]
 
 
 def step_cost(model, params, sizes=(1, 4, 8, 16, 32), repeats=10) -> dict[int, float]:
@@ -67,12 +83,16 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--drafters", nargs="+", default=[s[0] for s in DRAFTER_SPECS])
+    parser.add_argument("--drafters", nargs="+", default=sorted({s[0] for s in SPECS}))
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.8])
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.new_tokens, args.repeats = [1], 48, 1
 
-    ensure_trained(TARGET, needs=args.drafters)
+    specs = [s for s in SPECS if s[0] in args.drafters]
+    needed = {name for name, _ in specs}
+    ensure_trained(TARGET, *([DRAFT] if needed & set(MODEL_DRAFTERS) else []),
+                   *[HEADS[kind] for kind in HEAD_DRAFTERS if kind in needed])
     config, params = load_run(config_lib.load(TARGET).train.run_dir)
     target = build_model(config.model)
     cost = step_cost(target, params)
@@ -84,7 +104,7 @@ def main(argv=None):
     tok = ByteTokenizer()
     common = dict(max_new_tokens=args.new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
     rows, records = [], []
-    for temperature in (0.0, 0.8):
+    for temperature in args.temperatures:
         sampler = Sampler(temperature=temperature)
         for batch in args.batches:
             prompts = prompts_all[:batch]
@@ -92,9 +112,12 @@ def main(argv=None):
             base, ar_s = timed(lambda: ar.generate(target, params, prompts, sampler=sampler,
                                                    rng=rng, **common), args.repeats)
             ar_tps = base.num_tokens.sum() / ar_s
-            for name, tree in [s for s in DRAFTER_SPECS if s[0] in args.drafters]:
+            for name, tree in specs:
+                heads_run = (config_lib.load(HEADS[name]).train.run_dir
+                             if name in HEAD_DRAFTERS else None)
                 drafter, dparams = make_drafter(name, tree=tree, target_config=config,
-                                                sampler=sampler)
+                                                target_params=params, sampler=sampler,
+                                                draft_run=heads_run)
                 run = lambda: speculative.generate(  # noqa: E731
                     target, params, prompts, drafter=drafter, drafter_params=dparams,
                     sampler=sampler, rng=rng, **common)

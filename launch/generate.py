@@ -3,6 +3,8 @@
     zoo-generate --checkpoint runs/code_small --prompt "def fibonacci(n):"
     zoo-generate --checkpoint runs/code_small --prompts-file prompts.txt --temperature 0.8
     zoo-generate --checkpoint runs/code_small --prompt "import os" --speculative prompt_lookup
+    zoo-generate --checkpoint runs/code_small --prompt "import os" --speculative medusa \
+        --draft-checkpoint runs/code_small_medusa --tree medusa_small
 
 With --speculative the prompts are decoded twice, plainly and speculatively, and both outputs
 are printed with the measured speedup (greedy outputs are identical by construction).
@@ -37,9 +39,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--speculative", metavar="DRAFTER",
-                        help="also decode speculatively with this drafter and compare")
-    parser.add_argument("--tree", help="the drafter's tree, e.g. chain4 (default per drafter)")
-    parser.add_argument("--draft-checkpoint", help="run directory of the draft model (draft)")
+                        help="also decode speculatively with this drafter and compare: "
+                             "prompt_lookup, recycling, draft, draft_tree, draft_dynamic, "
+                             "medusa, hydra")
+    parser.add_argument("--tree", help="the drafter's tree: chainN, a preset (medusa_small, "
+                                       "medusa_63) or dDkKwWbB for draft_dynamic (default per "
+                                       "drafter)")
+    parser.add_argument("--draft-checkpoint",
+                        help="run directory of the draft LM (draft*) or of the heads (medusa, "
+                             "hydra)")
     args = parser.parse_args(argv)
 
     if args.prompt is not None:
@@ -69,8 +77,8 @@ def main(argv=None) -> int:
         drafter = drafter_params = None
         if args.speculative:
             drafter, drafter_params = make_drafter(
-                args.speculative, tree=args.tree, target_config=config, sampler=sampler,
-                draft_run=args.draft_checkpoint)
+                args.speculative, tree=args.tree, target_config=config,
+                target_params=params, sampler=sampler, draft_run=args.draft_checkpoint)
     except (FileNotFoundError, ValueError) as e:
         print(f"zoo-generate: {e}", file=sys.stderr)
         return 2

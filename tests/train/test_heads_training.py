@@ -111,3 +111,49 @@ def test_bad_target_run_fails_before_any_work(tiny_experiment, target_run, tmp_p
         train(_heads(tiny_experiment, target_run, "medusa", "model.d_model=32",
                      f"train.run_dir={run_dir}"), progress=False)
     assert not run_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def medusa_run(data_dir, target_run, tmp_path_factory):
+    from zoo import config as config_lib
+    run_dir = tmp_path_factory.mktemp("medusa") / "run"
+    train(config_lib.load(TINY, [f"data.data_dir={data_dir}", f"train.run_dir={run_dir}",
+                                 "heads.kind=medusa", f"heads.target_run={target_run}",
+                                 "heads.num_heads=4", "train.steps=4", "train.warmup_steps=1",
+                                 "train.eval_every=4"]),
+          progress=False)
+    return run_dir
+
+
+def test_zoo_generate_with_every_drafter_gives_the_ar_tokens(target_run, medusa_run, capsys):
+    """The CLI path end to end: each drafter by name (draft LMs here are the target itself, the
+    heads are a real heads run) decodes greedily to exactly the AR completion."""
+    from launch.generate import main as generate_cli
+    base = ["--checkpoint", str(target_run), "--prompt", "def f(x):\\n    return x", "--temperature",
+            "0", "--max-new-tokens", "12"]
+    for name, tree, run in [("recycling", "chain3", None), ("draft_tree", "medusa_small", target_run),
+                            ("draft_dynamic", "d2k2w2b5", target_run),
+                            ("medusa", "medusa_small", medusa_run)]:
+        extra = ["--draft-checkpoint", str(run)] if run else []
+        assert generate_cli(base + ["--speculative", name, "--tree", tree, *extra]) == 0, name
+        out = capsys.readouterr().out
+        assert f"speculative ({name})" in out and "outputs identical" in out, (name, out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speculative", "medusa"], "medusa needs the run directory of its trained heads"),
+    (["--speculative", "hydra", "--draft-checkpoint", "{medusa}"], "holds 'medusa' heads, not "
+                                                                   "'hydra' heads"),
+    (["--speculative", "medusa", "--draft-checkpoint", "{target}"], "is an LM run, not a run of medusa heads"),
+    (["--speculative", "draft", "--draft-checkpoint", "{medusa}"], "is a draft-heads run"),
+    (["--speculative", "medusa", "--draft-checkpoint", "{medusa}", "--tree", "medusa_63"],
+     "the tree is 5 deep but there are only 4 heads"),
+    (["--speculative", "recycling", "--tree", "bushy"], "unknown tree 'bushy'"),
+    (["--speculative", "draft_dynamic", "--tree", "d4k4"], "not a dynamic-tree spec"),
+    (["--speculative", "prompt_lookup", "--tree", "medusa_small"], "is not a chain"),
+])
+def test_zoo_generate_rejects_bad_drafter_arguments(target_run, medusa_run, capsys, args, message):
+    from launch.generate import main as generate_cli
+    args = [a.format(medusa=medusa_run, target=target_run) for a in args]
+    assert generate_cli(["--checkpoint", str(target_run), "--prompt", "x", *args]) == 2
+    assert message in capsys.readouterr().err

@@ -45,9 +45,8 @@ SPECS = [
     ("draft_tree", "medusa_small"),
     ("draft_dynamic", "d4k4w4b16"),
     ("medusa", "medusa_small"),
-    ("medusa", "medusa_63"),
+    ("hydra", "chain4"),
     ("hydra", "medusa_small"),
-    ("hydra", "medusa_63"),
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from zoo.data.tokenizer import PAD_ID
 from zoo.decode import ar, speculative
 from zoo.decode.drafters import (Draft, DraftModelChain, DraftModelStaticTree, DraftModelTree,
-                                 TokenRecycling)
+                                 PromptLookup, TokenRecycling)
 from zoo.decode.trees import PRESETS, static_tree
 from zoo.decode.verify import Verdict
 from zoo.models import build_model
@@ -227,3 +227,16 @@ def test_bad_drafter_settings_are_rejected(draft_pair):
         DraftModelChain(model, num_draft=0)
     with pytest.raises(ValueError, match="vocab_size 3 is smaller than the 4 candidates"):
         TokenRecycling(vocab_size=3)
+
+
+@pytest.mark.parametrize("prompt, last, want", [
+    ([5, 6, 7, 5, 6, 7, 5], 6, [7, 5, 6, 7, 5, 6]),  # a recent match repeats with its period
+    ([1, 2, 3, 4, 9, 9, 1, 2], 3, [4, 9, 9, 1, 2, 3]),  # 3-gram "1 2 3" -> what followed it
+    ([8, 8], 8, [8] * 6),  # a run of one token
+    ([1, 2, 3], 4, [4] * 6),  # no match: the last token repeated
+])
+def test_prompt_lookup_proposes_the_continuation_of_the_latest_match(prompt, last, want):
+    drafter = PromptLookup(num_draft=6, max_ngram=3)
+    state = drafter.init(None, jnp.array([prompt]), jnp.array([len(prompt)]), 32)
+    draft, _ = jax.jit(drafter.propose)(None, state, jnp.array([last]), None)
+    np.testing.assert_array_equal(draft.tokens[0], [last] + want)

@@ -66,7 +66,8 @@ class PromptLookup(_ChainDrafter):
     """Train-free drafting by n-gram lookup (prompt lookup decoding): find the latest earlier
     occurrence of the last `max_ngram` (then fewer) tokens in prompt + output and propose the
     `num_draft` tokens that followed it, as a chain. Code repeats itself a lot, so this is free
-    speed on completions that copy identifiers or lines."""
+    speed on completions that copy identifiers or lines. A match close to the end continues
+    periodically (after "ab ab a" comes "b ab ab"), so a repeating run drafts a full chain."""
 
     num_draft: int = 6
     max_ngram: int = 3
@@ -92,7 +93,10 @@ class PromptLookup(_ChainDrafter):
                 match &= jnp.take_along_axis(seq, jnp.maximum(ends - i, 0), axis=1) == key
             latest = jnp.max(jnp.where(match, ends, -1), axis=1)
             best = jnp.where((best < 0) & (latest >= 0), latest, best)
-        idx = jnp.clip(best[:, None] + 1 + jnp.arange(self.num_draft), 0, size - 1)
+        # Past the end of the sequence the copy continues with the tokens it just proposed:
+        # a match ending `period` tokens before the end repeats with that period.
+        period = jnp.maximum(n - 1 - best, 1)[:, None]
+        idx = jnp.clip(best[:, None] + 1 + jnp.arange(self.num_draft) % period, 0, size - 1)
         proposal = jnp.where(best[:, None] >= 0, seq[rows, idx], last[:, None])
         tokens = jnp.concatenate([last[:, None], proposal], axis=1).astype(jnp.int32)
         return Draft(tokens, _chain(b, self.num_nodes)), state

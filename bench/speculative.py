@@ -3,11 +3,12 @@
     python bench/speculative.py            # trains the reference models once (cached in runs/bench)
     python bench/speculative.py --quick    # batch 1 only, fewer tokens: a smoke run
 
-The target (configs/experiments/code_ref.yaml) has more weight bytes than the CPU's L3 cache; the
-benchmark first measures how a T-token tree step costs against a 1-token step (the premise of
-speculative decoding: a memory-bound step verifies T tokens for little more than the price of
-one). Prompts are the openings of the corpus' validation files. Greedy rows also check that the
-speculative tokens equal the AR tokens.
+The target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads are
+trained once after it (runs/bench/*, ~35 min on 2 CPU cores in all). The benchmark first measures
+how a T-token tree step costs against a 1-token step (the premise of speculative decoding: a step
+bound by moving weights verifies T tokens for little more than the price of one). Prompts are
+the openings of the corpus' validation files. Greedy rows also check that the speculative tokens
+equal the AR tokens.
 """
 
 import argparse

@@ -111,7 +111,7 @@ class PromptLookup(_ChainDrafter):
         return {"history": history, "length": length + n}
 
 
-class _StaticTreeDrafter:
+class StaticTreeDrafter:
     """Drafters filling a fixed tree template (`StaticTree`): node i is candidate `ranks[i]` of
     its parent."""
 
@@ -147,7 +147,7 @@ class _StaticTreeDrafter:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenRecycling(_StaticTreeDrafter):
+class TokenRecycling(StaticTreeDrafter):
     """Token Recycling (Luo et al. 2024), train-free: reuse the candidates the target already
     computed. The state is an adjacency matrix int32[B, V, k]: for each token, the k best next
     tokens the target's logits last gave after it. `update` writes that row for every node of
@@ -268,7 +268,7 @@ class DraftModelChain(_DraftModel, _ChainDrafter):
 
 
 @dataclasses.dataclass(frozen=True)
-class DraftModelStaticTree(_DraftModel, _StaticTreeDrafter):
+class DraftModelStaticTree(_DraftModel, StaticTreeDrafter):
     """The draft LM's top-k laid out by a static template: the rank-r child of a node is the
     r-th most likely token of the draft model after it. One draft extend per depth, over the
     template filled so far."""

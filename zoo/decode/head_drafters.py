@@ -27,34 +27,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.decode.drafters import Draft
+from zoo.decode.drafters import Draft, StaticTreeDrafter
 from zoo.decode.trees import PRESETS, StaticTree
 
 
-class _HeadDrafter:
+class _HeadDrafter(StaticTreeDrafter):
     heads: Any  # zoo.models.heads.DraftHeads
-    tree: StaticTree
     kind: str  # the heads' kind this drafter runs
-    rule = "deterministic"
     needs_hidden = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.heads.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs {self.kind} heads, got "
                              f"{self.heads.kind} heads")
         if self.tree.max_depth > self.heads.num_heads:
             raise ValueError(f"the tree is {self.tree.max_depth} deep but there are only "
                              f"{self.heads.num_heads} heads (one per depth)")
-        if self.tree.max_depth < 1:
-            raise ValueError("the tree has no drafted nodes")
-
-    @property
-    def num_nodes(self) -> int:
-        return self.tree.num_nodes
-
-    @property
-    def max_depth(self) -> int:
-        return self.tree.max_depth
 
     def _parents(self, batch: int) -> jnp.ndarray:
         return jnp.broadcast_to(jnp.asarray(self.tree.parents), (batch, self.num_nodes))

@@ -13,7 +13,6 @@ spec and loads what it needs (a draft model's or draft heads' checkpoint).
 Presets are `zoo.decode.trees.PRESETS` (chain4, medusa_small, medusa_63).
 """
 
-import dataclasses
 import pathlib
 import re
 
@@ -95,9 +94,8 @@ def _heads(run, target_config, target_params, kind):
         raise ValueError(f"{run} is an LM run, not a run of {kind} heads")
     if config.heads.kind != kind:
         raise ValueError(f"{run} holds {config.heads.kind!r} heads, not {kind!r} heads")
-    if config.model != target_config.model:
-        diff = next(f.name for f in dataclasses.fields(config.model)
-                    if getattr(config.model, f.name) != getattr(target_config.model, f.name))
+    diff = config_lib.first_difference(config.model, target_config.model)
+    if diff:
         raise ValueError(f"the heads in {run} were trained for a target with model.{diff}="
                          f"{getattr(config.model, diff)!r}, this target has "
                          f"{getattr(target_config.model, diff)!r}")

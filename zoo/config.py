@@ -186,6 +186,12 @@ class ExperimentConfig:
     heads: HeadsConfig = HeadsConfig()
 
 
+def first_difference(a, b) -> str | None:
+    """The name of the first field where two configs of one dataclass differ, or None."""
+    return next((f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)),
+                None)
+
+
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 

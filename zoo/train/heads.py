@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zoo.config import ConfigError, ExperimentConfig
+from zoo.config import ConfigError, ExperimentConfig, first_difference
 from zoo.models import build_model
 from zoo.models.heads import DraftHeads, build_heads
-from zoo.train.steps import TrainState
+from zoo.train.steps import TrainState, apply_gradients
 
 
 def teacher(target, target_params, inputs):
@@ -70,12 +70,12 @@ class HeadsObjective:
         if target_config.heads.kind != "none":
             raise ConfigError(f"heads.target_run={str(run)!r} is itself a draft-heads run; name "
                              "the target LM's run directory")
-        for field in dataclasses.fields(config.model):
-            ours, theirs = (getattr(c.model, field.name) for c in (config, target_config))
-            if ours != theirs:
-                raise ConfigError(f"heads.target_run={str(run)!r} was trained with "
-                                 f"model.{field.name}={theirs!r} but this config has "
-                                 f"model.{field.name}={ours!r}; the heads need the target's model")
+        diff = first_difference(config.model, target_config.model)
+        if diff:
+            raise ConfigError(f"heads.target_run={str(run)!r} was trained with "
+                             f"model.{diff}={getattr(target_config.model, diff)!r} but this "
+                             f"config has model.{diff}={getattr(config.model, diff)!r}; the "
+                             "heads need the target's model")
         return cls(build_heads(config.heads, config.model), build_model(config.model),
                    target_params)
 
@@ -94,12 +94,7 @@ class HeadsObjective:
         def train_step(state: TrainState, batch, target_params):
             hidden, greedy = teacher(target, target_params, batch["inputs"])
             loss, grads = jax.value_and_grad(loss_fn)(state.params, target_params, hidden, greedy)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "params_finite": jnp.isfinite(optax.tree.norm(params)),
-                       "learning_rate": schedule(state.step)}
-            return TrainState(state.step + 1, params, opt_state), metrics
+            return apply_gradients(state, loss, grads, tx, schedule)
 
         # The target's params are a jit argument (not a closed-over constant baked into the
         # program), passed on every call.

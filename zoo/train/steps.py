@@ -40,14 +40,19 @@ def make_train_step(model, tx, schedule):
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "params_finite": jnp.isfinite(optax.tree.norm(params)),
-                   "learning_rate": schedule(state.step)}
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return apply_gradients(state, loss, grads, tx, schedule)
 
     return train_step
+
+
+def apply_gradients(state: TrainState, loss, grads, tx, schedule):
+    """One optimizer update -> (next state, the metrics the loop logs and checks for NaN)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "params_finite": jnp.isfinite(optax.tree.norm(params)),
+               "learning_rate": schedule(state.step)}
+    return TrainState(state.step + 1, params, opt_state), metrics
 
 
 def make_eval_step(model):

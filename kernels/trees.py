@@ -6,22 +6,43 @@ A tree of T nodes is `parents: int32[..., T]` in topological order (`parents[i] 
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 
-def ancestor_mask(parents: jnp.ndarray) -> jnp.ndarray:
-    """`anc[..., i, j]` is True when node j is node i or one of its ancestors.
-
-    Pointer doubling: start from "self or parent" and square the relation ceil(log2 T) times, so
-    paths of any length up to T are closed with a handful of small matmuls.
-    """
-    t = parents.shape[-1]
-    nodes = jnp.arange(t)
-    rel = (nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes)
+def _transitive_closure(rel: jnp.ndarray) -> jnp.ndarray:
+    """Close a reflexive "self or parent" relation [..., T, T] by pointer doubling: squaring it
+    ceil(log2 T) times closes paths of any length up to T with a handful of small matmuls."""
+    t = rel.shape[-1]
     for _ in range(math.ceil(math.log2(t)) if t > 1 else 0):
-        f = rel.astype(jnp.float32)
+        f = jnp.where(rel, 1.0, 0.0).astype(jnp.float32)
         rel = rel | (jnp.matmul(f, f) > 0)
     return rel
+
+
+def ancestor_mask(parents: jnp.ndarray) -> jnp.ndarray:
+    """`anc[..., i, j]` is True when node j is node i or one of its ancestors."""
+    t = parents.shape[-1]
+    nodes = jnp.arange(t)
+    return _transitive_closure((nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes))
+
+
+def stacked_ancestor_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
+    """The tree mask as a kernel needs it, built inside the kernel from `parents`.
+
+    parent_col: int32[T, 1] (one tree). Returns bool[n_rows, T]: row r is query node r % T, as
+    when the query heads of one KV group are stacked head-major ([G * T] rows); True where key
+    node j is that node or one of its ancestors. Only 2-D iotas, compares and matmuls, so it
+    lowers to Mosaic (TPU) and Triton (GPU) alike; rows map to nodes by a one-hot matmul rather
+    than a tile or gather, which Triton cannot lower.
+    """
+    t = parent_col.shape[0]
+    row = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
+    anc = _transitive_closure((row == col) | (parent_col == col))
+    node_of_row = jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 0) % t
+    one_hot = jnp.where(node_of_row == jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 1), 1.0, 0.0)
+    return jnp.matmul(one_hot, jnp.where(anc, 1.0, 0.0)) > 0
 
 
 def node_depths(parents: jnp.ndarray) -> jnp.ndarray:

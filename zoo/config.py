@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from kernels.tree_attention.api import BACKENDS as ATTENTION_BACKENDS
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -139,6 +141,7 @@ class DecodeConfig:
     top_p: float = 1.0  # 1.0: off
     max_len: int = 1024  # KV-cache length: prompt + generated tokens must fit
     seed: int = 0
+    attention_backend: str = "auto"  # kernels.tree_attention backend of speculative verification
 
     def __post_init__(self):
         _positive(self, "decode", "max_new_tokens", "max_len")
@@ -147,6 +150,8 @@ class DecodeConfig:
         _require(self.max_new_tokens < self.max_len, "decode.max_new_tokens",
                  f"must be < decode.max_len={self.max_len} (room for the prompt)",
                  self.max_new_tokens)
+        _require(self.attention_backend in ATTENTION_BACKENDS, "decode.attention_backend",
+                 f"must be one of {ATTENTION_BACKENDS}", self.attention_backend)
 
 
 HEAD_KINDS = ("none", "medusa", "hydra")

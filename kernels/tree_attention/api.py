@@ -1,13 +1,50 @@
 """One entry point for tree attention; `backend=` picks the implementation.
 
-`auto` is the XLA path on every platform until the Pallas kernels land (issue 4 adds
-`pallas_tpu` and `pallas_gpu` and makes `auto` pick them on TPU/GPU).
+  auto        the Pallas kernel of the platform (TPU -> pallas_tpu, GPU -> pallas_gpu, falling
+              back to xla for shapes the kernel cannot take), the XLA path on CPU;
+  reference   the readable truth (dense mask), for tests;
+  xla         the fast pure-XLA path;
+  pallas_tpu  the Mosaic kernel (tpu.py);
+  pallas_gpu  the Triton kernel (gpu.py).
+
+A Pallas backend forced on a platform it was not written for runs in Pallas interpret mode (TPU
+kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every backend runs
+everywhere, e.g. a whole speculative decode on the TPU kernel on a CPU laptop.
 """
 
-from kernels.tree_attention import reference, xla
+import jax
+from jax.experimental.pallas import tpu as pltpu
 
-_IMPLEMENTATIONS = {"reference": reference.tree_attention, "xla": xla.tree_attention}
-BACKENDS = ("auto", *_IMPLEMENTATIONS)
+from kernels.tree_attention import gpu, reference, tpu, xla
+
+BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
+
+
+def _pallas_tpu(*args, scale):
+    interpret = None if jax.default_backend() == "tpu" else pltpu.InterpretParams(
+        out_of_bounds_reads="raise")
+    return tpu.tree_attention(*args, scale=scale, interpret=interpret)
+
+
+def _pallas_gpu(*args, scale):
+    return gpu.tree_attention(*args, scale=scale, interpret=jax.default_backend() != "gpu")
+
+
+_IMPLEMENTATIONS = {"reference": reference.tree_attention, "xla": xla.tree_attention,
+                    "pallas_tpu": _pallas_tpu, "pallas_gpu": _pallas_gpu}
+_UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
+
+
+def resolve_backend(backend: str, q, k_cache) -> str:
+    """The concrete backend `backend` means for these shapes on this platform."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown tree_attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        kernel = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend())
+        return kernel if kernel and _UNSUPPORTED[kernel](q, k_cache) is None else "xla"
+    if backend in _UNSUPPORTED and (problem := _UNSUPPORTED[backend](q, k_cache)) is not None:
+        raise ValueError(problem)
+    return backend
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
@@ -33,5 +70,5 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
     if cache_len.shape != (b,) or parents.shape != (b, t):
         raise ValueError(f"tree_attention: cache_len {cache_len.shape} / parents {parents.shape} "
                          f"must be ({b},) / ({b}, {t})")
-    impl = _IMPLEMENTATIONS["xla" if backend == "auto" else backend]
+    impl = _IMPLEMENTATIONS[resolve_backend(backend, q, k_cache)]
     return impl(q, k_cache, v_cache, cache_len, k_new, v_new, parents, scale=scale)

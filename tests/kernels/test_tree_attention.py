@@ -42,8 +42,10 @@ def _case(seed, b, t, s, h, kv, d, kind, dtype):
     v_cache = jax.random.normal(keys[2], (b, kv, s, d), dtype)
     k_new = jax.random.normal(keys[3], (b, t, kv, d), dtype)
     v_new = jax.random.normal(keys[4], (b, t, kv, d), dtype)
-    # Ragged lengths, row 0 empty, others anywhere in [0, S] (not block multiples).
-    cache_len = jnp.asarray(np.concatenate([[0], rng.integers(0, s + 1, size=b - 1)]), jnp.int32)
+    # Ragged lengths: an empty row, a full row, the rest anywhere in [1, S] (not block multiples).
+    lengths = [0, s] if b > 1 else []
+    lengths += list(rng.integers(1, s + 1, size=b - len(lengths)))
+    cache_len = jnp.asarray(lengths, jnp.int32)
     parents = jnp.asarray(np.stack([random_parents(rng, t, kind) for _ in range(b)]), jnp.int32)
     return q, k_cache, v_cache, cache_len, k_new, v_new, parents
 

@@ -127,14 +127,17 @@ def medusa_run(data_dir, target_run, tmp_path_factory):
 
 def test_zoo_generate_with_every_drafter_gives_the_ar_tokens(target_run, medusa_run, capsys):
     """The CLI path end to end: each drafter by name (draft LMs here are the target itself, the
-    heads are a real heads run) decodes greedily to exactly the AR completion."""
+    heads are a real heads run) decodes greedily to exactly the AR completion; so does
+    verification on the GPU kernel, interpreted here."""
     from launch.generate import main as generate_cli
     base = ["--checkpoint", str(target_run), "--prompt", "def f(x):\\n    return x", "--temperature",
             "0", "--max-new-tokens", "12"]
-    for name, tree, run in [("recycling", "chain3", None), ("draft_tree", "medusa_small", target_run),
-                            ("draft_dynamic", "d2k2w2b5", target_run),
-                            ("medusa", "medusa_small", medusa_run)]:
-        extra = ["--draft-checkpoint", str(run)] if run else []
+    on_gpu_kernel = ["--attention-backend", "pallas_gpu"]
+    for name, tree, extra in [("recycling", "chain3", []),
+                              ("prompt_lookup", "chain4", on_gpu_kernel),
+                              ("draft_tree", "medusa_small", ["--draft-checkpoint", str(target_run)]),
+                              ("draft_dynamic", "d2k2w2b5", ["--draft-checkpoint", str(target_run)]),
+                              ("medusa", "medusa_small", ["--draft-checkpoint", str(medusa_run)])]:
         assert generate_cli(base + ["--speculative", name, "--tree", tree, *extra]) == 0, name
         out = capsys.readouterr().out
         assert f"speculative ({name})" in out and "outputs identical" in out, (name, out)
@@ -151,6 +154,7 @@ def test_zoo_generate_with_every_drafter_gives_the_ar_tokens(target_run, medusa_
     (["--speculative", "recycling", "--tree", "bushy"], "unknown tree 'bushy'"),
     (["--speculative", "draft_dynamic", "--tree", "d4k4"], "not a dynamic-tree spec"),
     (["--speculative", "prompt_lookup", "--tree", "medusa_small"], "is not a chain"),
+    (["--speculative", "prompt_lookup", "--attention-backend", "cuda"], "decode.attention_backend"),
 ])
 def test_zoo_generate_rejects_bad_drafter_arguments(target_run, medusa_run, capsys, args, message):
     from launch.generate import main as generate_cli

@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)  # the first run trains the speculative benchmark's models once (~35 min)
 	$(BIN)/python bench/ar_decode.py
 	$(BIN)/python bench/speculative.py
+	$(BIN)/python bench/kernels.py
 
 clean:
 	rm -rf runs .pytest_cache

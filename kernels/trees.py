@@ -27,6 +27,14 @@ def ancestor_mask(parents: jnp.ndarray) -> jnp.ndarray:
     return _transitive_closure((nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes))
 
 
+def _ancestors_of_column(parent_col: jnp.ndarray) -> jnp.ndarray:
+    """`ancestor_mask` of one tree given as an int32[T, 1] column, with 2-D iotas only."""
+    t = parent_col.shape[0]
+    row = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
+    return _transitive_closure((row == col) | (parent_col == col))
+
+
 def stacked_ancestor_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
     """The tree mask as a kernel needs it, built inside the kernel from `parents`.
 
@@ -37,9 +45,7 @@ def stacked_ancestor_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
     than a tile or gather, which Triton cannot lower.
     """
     t = parent_col.shape[0]
-    row = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
-    col = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
-    anc = _transitive_closure((row == col) | (parent_col == col))
+    anc = _ancestors_of_column(parent_col)
     node_of_row = jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 0) % t
     one_hot = jnp.where(node_of_row == jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 1), 1.0, 0.0)
     return jnp.matmul(one_hot, jnp.where(anc, 1.0, 0.0)) > 0
@@ -53,3 +59,21 @@ def node_depths(parents: jnp.ndarray) -> jnp.ndarray:
 def chain_parents(length: int) -> jnp.ndarray:
     """The parents array of a chain of `length` nodes: [-1, 0, 1, ...]."""
     return jnp.arange(length, dtype=jnp.int32) - 1
+
+
+def ancestor_masks_in_kernel(parent_col: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The tree mask and its transpose, built inside a kernel from `parents` (one tree).
+
+    parent_col: int32[T, 1]. Returns (anc, anc_t), bool[T, T] each, anc[i, j] True when node j is
+    node i or one of its ancestors and anc_t[j, i] = anc[i, j]. Same technique as
+    `stacked_ancestor_mask`; the transpose is an "I @ ancᵀ" dot (exact for 0/1 entries in any
+    matmul precision), which Mosaic and Triton both compile for any tile, rather than an in-kernel
+    transpose, whose Mosaic support depends on shape and dtype (boolean masks off the (8, 128)
+    tile being the risky case).
+    """
+    t = parent_col.shape[0]
+    anc = _ancestors_of_column(parent_col)
+    identity = jnp.where(jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
+                         == jax.lax.broadcasted_iota(jnp.int32, (t, t), 1), 1.0, 0.0)
+    anc_t = jax.lax.dot_general(identity, jnp.where(anc, 1.0, 0.0), (((1,), (1,)), ((), ()))) > 0
+    return anc, anc_t

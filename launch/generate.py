@@ -46,10 +46,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tree", help="the drafter's tree: chainN, a preset (medusa_small, "
                                        "medusa_63) or dDkKwWbB for draft_dynamic (default per "
                                        "drafter)")
-    parser.add_argument("--attention-backend",
-                        help="tree-attention kernel of verification: auto, xla, reference, "
-                             "pallas_tpu, pallas_gpu (a Pallas kernel off its platform runs "
-                             "interpreted; default: the run's decode config)")
+    parser.add_argument("--kernel-backend",
+                        help="backend of the tree kernels (tree attention, SSM tree scan): "
+                             "auto, xla, reference, pallas_tpu, pallas_gpu (a Pallas kernel off "
+                             "its platform runs interpreted; default: the run's decode config)")
     parser.add_argument("--draft-checkpoint",
                         help="run directory of the draft LM (draft*) or of the heads (medusa, "
                              "hydra)")
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
 
     try:
         config, params = load_run(args.checkpoint, args.step)
-        if args.attention_backend is not None:
+        if args.kernel_backend is not None:
             config = dataclasses.replace(config, decode=dataclasses.replace(
-                config.decode, attention_backend=args.attention_backend))
+                config.decode, kernel_backend=args.kernel_backend))
         dc = config.decode
         pick = lambda value, default: default if value is None else value  # noqa: E731
         sampler = Sampler(pick(args.temperature, dc.temperature), pick(args.top_k, dc.top_k),
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         print(f"zoo-generate: {e}", file=sys.stderr)
         return 2
     tok = ByteTokenizer()
-    model = build_model(config.model, dc.attention_backend)
+    model = build_model(config.model, dc.kernel_backend)
     prompt_ids = [tok.encode(t, bos=True) for t in texts]
     kwargs = dict(max_new_tokens=pick(args.max_new_tokens, dc.max_new_tokens), sampler=sampler,
                   rng=jax.random.key(pick(args.seed, dc.seed)), eos_id=tok.eos_id,

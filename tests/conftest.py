@@ -17,6 +17,16 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})
 
 
+def tiny_ssm_config(family: str = "mamba2", **overrides) -> ModelConfig:
+    """A tiny Mamba2 (or, with family="hybrid", Mamba2-attention-Mamba2) model: 4 SSM heads of
+    16 in 2 groups, state 16, chunks of 8 so that sequences span several chunks."""
+    base = dict(family=family, d_model=32, n_layers=3 if family == "hybrid" else 2,
+                layer_pattern="mam" if family == "hybrid" else "", n_heads=4, n_kv_heads=2,
+                mlp_dim=64, ssm_heads=4, ssm_head_dim=16, ssm_state_dim=16, ssm_groups=2,
+                ssm_chunk_size=8, init_std=0.1)
+    return ModelConfig(**{**base, **overrides})
+
+
 def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
     """A parents array of a chain, a star or a random topologically ordered tree."""
     if kind == "chain":

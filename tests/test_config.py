@@ -53,8 +53,8 @@ def test_dataclass_rules_apply_to_direct_construction():
         TrainConfig(end_lr_ratio=2.0)
     with pytest.raises(ConfigError, match="decode.max_new_tokens"):
         DecodeConfig(max_new_tokens=10, max_len=10)
-    with pytest.raises(ConfigError, match="decode.attention_backend='triton'"):
-        DecodeConfig(attention_backend="triton")
+    with pytest.raises(ConfigError, match="decode.kernel_backend='triton'"):
+        DecodeConfig(kernel_backend="triton")
 
 
 def test_missing_files_and_unknown_sections(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kernels.tree_attention.api import BACKENDS as ATTENTION_BACKENDS
+from kernels.tree_attention.api import BACKENDS as KERNEL_BACKENDS
 
 DTYPES = ("float32", "bfloat16")
 
@@ -41,9 +41,19 @@ def _non_negative(obj, section: str, *names: str) -> None:
         _require(value >= 0, f"{section}.{name}", "must be >= 0", value)
 
 
+MODEL_FAMILIES = ("transformer", "mamba2", "hybrid")
+LAYER_KINDS = {"a": "attention + SwiGLU MLP", "m": "Mamba2 mixer"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The backbone shared by every generator family (Llama-style transformer for now)."""
+    """The backbone shared by every generator family.
+
+    transformer: Llama-style attention blocks. mamba2: Mamba2 mixer blocks. hybrid: a
+    `layer_pattern` of both, one letter per layer ("a" attention, "m" Mamba2), e.g. "mmamma".
+    The attention fields (n_heads, n_kv_heads, head_dim, mlp_dim, rope_theta) size attention
+    blocks, the ssm_* fields Mamba2 blocks.
+    """
 
     family: str = "transformer"
     vocab_size: int = 260
@@ -59,12 +69,21 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     init_std: float = 0.02
+    layer_pattern: str = ""  # hybrid: one of LAYER_KINDS per layer; "" = the family's only kind
+    ssm_heads: int = 8
+    ssm_head_dim: int = 64  # ssm_heads * ssm_head_dim must equal ssm_expand * d_model
+    ssm_expand: int = 2
+    ssm_state_dim: int = 64
+    ssm_groups: int = 1  # B and C are shared by ssm_heads / ssm_groups heads
+    ssm_conv_width: int = 4
+    ssm_chunk_size: int = 64
 
     def __post_init__(self):
-        _require(self.family in ("transformer",), "model.family", "must be one of ['transformer']",
-                 self.family)
+        _require(self.family in MODEL_FAMILIES, "model.family", f"must be one of "
+                 f"{list(MODEL_FAMILIES)}", self.family)
         _positive(self, "model", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                  "mlp_dim", "norm_eps", "rope_theta", "init_std")
+                  "mlp_dim", "norm_eps", "rope_theta", "init_std", "ssm_heads", "ssm_head_dim",
+                  "ssm_expand", "ssm_state_dim", "ssm_groups", "ssm_chunk_size")
         _non_negative(self, "model", "head_dim")
         if self.head_dim == 0:
             _require(self.d_model % self.n_heads == 0, "model.n_heads",
@@ -75,6 +94,34 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             _require(getattr(self, name) in DTYPES, f"model.{name}", f"must be one of {list(DTYPES)}",
                      getattr(self, name))
+        self._check_layers()
+
+    def _check_layers(self):
+        pattern = self.layer_pattern
+        unknown = sorted(set(pattern) - set(LAYER_KINDS))
+        _require(not unknown, "model.layer_pattern", f"names unknown layer kind {unknown[:1]}; "
+                 f"kinds: {LAYER_KINDS}", pattern)
+        _require(pattern == "" or len(pattern) == self.n_layers, "model.layer_pattern",
+                 f"must have one letter per layer (model.n_layers={self.n_layers})", pattern)
+        wanted = {"transformer": {"a"}, "mamba2": {"m"}, "hybrid": {"a", "m"}}[self.family]
+        _require(pattern == "" and self.family != "hybrid" or set(pattern) == wanted,
+                 "model.layer_pattern", f"a {self.family} model's layers are "
+                 + " and ".join(repr(k) for k in sorted(wanted)), pattern)
+        if "m" in self.layers:
+            _require(self.ssm_heads * self.ssm_head_dim == self.ssm_expand * self.d_model,
+                     "model.ssm_heads", f"x model.ssm_head_dim={self.ssm_head_dim} must equal the "
+                     f"inner width model.ssm_expand * model.d_model = "
+                     f"{self.ssm_expand * self.d_model}", self.ssm_heads)
+            _require(self.ssm_heads % self.ssm_groups == 0, "model.ssm_groups",
+                     f"must divide model.ssm_heads={self.ssm_heads}", self.ssm_groups)
+            _require(self.ssm_conv_width >= 2, "model.ssm_conv_width", "must be >= 2",
+                     self.ssm_conv_width)
+
+    @property
+    def layers(self) -> str:
+        """The layer kinds, one letter per layer."""
+        default = {"transformer": "a", "mamba2": "m"}.get(self.family, "")
+        return self.layer_pattern or default * self.n_layers
 
     @property
     def resolved_head_dim(self) -> int:
@@ -141,7 +188,7 @@ class DecodeConfig:
     top_p: float = 1.0  # 1.0: off
     max_len: int = 1024  # KV-cache length: prompt + generated tokens must fit
     seed: int = 0
-    attention_backend: str = "auto"  # kernels.tree_attention backend of speculative verification
+    kernel_backend: str = "auto"  # Pallas/XLA backend of tree attention and the SSM tree scan
 
     def __post_init__(self):
         _positive(self, "decode", "max_new_tokens", "max_len")
@@ -150,8 +197,8 @@ class DecodeConfig:
         _require(self.max_new_tokens < self.max_len, "decode.max_new_tokens",
                  f"must be < decode.max_len={self.max_len} (room for the prompt)",
                  self.max_new_tokens)
-        _require(self.attention_backend in ATTENTION_BACKENDS, "decode.attention_backend",
-                 f"must be one of {ATTENTION_BACKENDS}", self.attention_backend)
+        _require(self.kernel_backend in KERNEL_BACKENDS, "decode.kernel_backend",
+                 f"must be one of {KERNEL_BACKENDS}", self.kernel_backend)
 
 
 HEAD_KINDS = ("none", "medusa", "hydra")

@@ -115,7 +115,7 @@ def test_kernel_lowers_for_its_platform(platform, kernel, marker, dtype):
 def test_greedy_speculative_decode_on_the_tpu_kernel_equals_ar(tiny_model_and_params):
     """The transformer's extend goes through the dispatch: the whole decode, interpreted."""
     model, params = tiny_model_and_params
-    on_tpu_kernel = build_model(model.config, attention_backend="pallas_tpu")
+    on_tpu_kernel = build_model(model.config, kernel_backend="pallas_tpu")
     prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 8, 9, 8]]
     want = ar.generate(model, params, prompts, max_new_tokens=12, eos_id=-1, pad_id=PAD_ID)
     got = speculative.generate(on_tpu_kernel, params, prompts, drafter=PromptLookup(num_draft=4),

@@ -132,7 +132,7 @@ def test_zoo_generate_with_every_drafter_gives_the_ar_tokens(target_run, medusa_
     from launch.generate import main as generate_cli
     base = ["--checkpoint", str(target_run), "--prompt", "def f(x):\\n    return x", "--temperature",
             "0", "--max-new-tokens", "12"]
-    on_gpu_kernel = ["--attention-backend", "pallas_gpu"]
+    on_gpu_kernel = ["--kernel-backend", "pallas_gpu"]
     for name, tree, extra in [("recycling", "chain3", []),
                               ("prompt_lookup", "chain4", on_gpu_kernel),
                               ("draft_tree", "medusa_small", ["--draft-checkpoint", str(target_run)]),
@@ -154,7 +154,7 @@ def test_zoo_generate_with_every_drafter_gives_the_ar_tokens(target_run, medusa_
     (["--speculative", "recycling", "--tree", "bushy"], "unknown tree 'bushy'"),
     (["--speculative", "draft_dynamic", "--tree", "d4k4"], "not a dynamic-tree spec"),
     (["--speculative", "prompt_lookup", "--tree", "medusa_small"], "is not a chain"),
-    (["--speculative", "prompt_lookup", "--attention-backend", "cuda"], "decode.attention_backend"),
+    (["--speculative", "prompt_lookup", "--kernel-backend", "cuda"], "decode.kernel_backend"),
 ])
 def test_zoo_generate_rejects_bad_drafter_arguments(target_run, medusa_run, capsys, args, message):
     from launch.generate import main as generate_cli

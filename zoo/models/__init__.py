@@ -2,15 +2,16 @@
 
 from zoo.config import ModelConfig
 from zoo.models.protocol import DecodingModel
+from zoo.models.mamba import MambaLM
 from zoo.models.transformer import TransformerLM
 
 
-def build_model(config: ModelConfig, attention_backend: str = "auto") -> DecodingModel:
+def build_model(config: ModelConfig, kernel_backend: str = "auto") -> DecodingModel:
     """The model object for a config's family."""
-    families = {"transformer": TransformerLM}
+    families = {"transformer": TransformerLM, "mamba2": MambaLM, "hybrid": MambaLM}
     if config.family not in families:
         raise ValueError(f"unknown model family {config.family!r}; choose one of {list(families)}")
-    return families[config.family](config, attention_backend)
+    return families[config.family](config, kernel_backend)
 
 
-__all__ = ["DecodingModel", "TransformerLM", "build_model"]
+__all__ = ["DecodingModel", "MambaLM", "TransformerLM", "build_model"]

@@ -86,11 +86,11 @@ class TransformerLM:
     """`Transformer` as a DecodingModel: pure functions of (params, arrays)."""
 
     config: ModelConfig
-    attention_backend: str = "auto"
+    kernel_backend: str = "auto"
 
     @property
     def module(self) -> Transformer:
-        return Transformer(self.config, self.attention_backend)
+        return Transformer(self.config, self.kernel_backend)
 
     @property
     def vocab_size(self) -> int:

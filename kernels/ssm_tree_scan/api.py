@@ -1,0 +1,95 @@
+"""One entry point for the Mamba2 (SSD) tree scan; `backend=` picks the implementation.
+
+  auto        the Pallas kernel of the platform (TPU -> pallas_tpu, GPU -> pallas_gpu, falling
+              back to xla for shapes the kernel cannot take), the XLA path on CPU;
+  reference   the readable truth (the recurrence node by node), for tests;
+  xla         the fast pure-XLA path (masked SSD form, one pass);
+  pallas_tpu  the Mosaic kernel (tpu.py);
+  pallas_gpu  the Triton kernel (gpu.py).
+
+A Pallas backend forced on a platform it was not written for runs in Pallas interpret mode (TPU
+kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every backend runs
+everywhere. `node_state` (the state after one node, for commit) is pure jnp on every platform.
+"""
+
+import jax
+from jax.experimental.pallas import tpu as pltpu
+
+from kernels.ssm_tree_scan import gpu, reference, tpu, xla
+
+BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
+
+
+def _pallas_tpu(*args):
+    interpret = None if jax.default_backend() == "tpu" else pltpu.InterpretParams(
+        out_of_bounds_reads="raise")
+    return tpu.ssm_tree_scan(*args, interpret=interpret)
+
+
+def _pallas_gpu(*args):
+    return gpu.ssm_tree_scan(*args, interpret=jax.default_backend() != "gpu")
+
+
+_IMPLEMENTATIONS = {"reference": reference.ssm_tree_scan, "xla": xla.ssm_tree_scan,
+                    "pallas_tpu": _pallas_tpu, "pallas_gpu": _pallas_gpu}
+_UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
+
+
+def resolve_backend(backend: str, x, B) -> str:
+    """The concrete backend `backend` means for these shapes on this platform."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ssm_tree_scan backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        kernel = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend())
+        return kernel if kernel and _UNSUPPORTED[kernel](x, B) is None else "xla"
+    if backend in _UNSUPPORTED and (problem := _UNSUPPORTED[backend](x, B)) is not None:
+        raise ValueError(problem)
+    return backend
+
+
+def _dims(op: str, x, B):
+    """(Bt, T, H, P, N) of x [Bt, T, H, P] and B [Bt, T, G, N], checked against each other."""
+    if x.ndim != 4 or B.ndim != 4:
+        raise ValueError(f"{op}: x {x.shape} and B {B.shape} must be 4-D: [Bt, T, H, P] and "
+                         f"[Bt, T, G, N]")
+    (bt, t, h, p), (g, n) = x.shape, B.shape[2:]
+    if B.shape[:2] != (bt, t):
+        raise ValueError(f"{op}: B has shape {B.shape}, expected ({bt}, {t}, G, N) for x of "
+                         f"shape {x.shape}")
+    if h % g:
+        raise ValueError(f"{op}: {h} heads (x {x.shape}) are not a multiple of {g} groups "
+                         f"(B {B.shape})")
+    return bt, t, h, p, n
+
+
+def _check_shapes(op: str, x, B, **tensors):
+    """Raise a ValueError naming the first of `tensors` (name=(array, expected shape)) whose
+    shape is not the expected one."""
+    for name, (array, expected) in tensors.items():
+        if array.shape != expected:
+            raise ValueError(f"{op}: {name} has shape {array.shape}, expected {expected} for x of "
+                             f"shape {x.shape} and B of shape {B.shape}")
+
+
+def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, backend: str = "auto"):
+    """Mamba2 outputs of T tree nodes, each as if decoded along its root-to-node path from h0.
+
+    Shapes: x [Bt, T, H, P]; dt [Bt, T, H] (positive); A, D [H]; B, C [Bt, T, G, N] shared by
+    the H // G heads of a group; h0 [Bt, H, P, N] float32; parents int32[Bt, T] (topological,
+    roots -1, a forest is allowed). Returns (y [Bt, T, H, P] in x's dtype, log_decay
+    [Bt, T, H] float32, the root-to-node sum of dt * A).
+    """
+    bt, t, h, p, n = _dims("ssm_tree_scan", x, B)
+    _check_shapes("ssm_tree_scan", x, B, dt=(dt, (bt, t, h)), A=(A, (h,)), C=(C, B.shape),
+                  D=(D, (h,)), h0=(h0, (bt, h, p, n)), parents=(parents, (bt, t)))
+    impl = _IMPLEMENTATIONS[resolve_backend(backend, x, B)]
+    return impl(x, dt, A, B, C, D, h0, parents)
+
+
+def node_state(x, dt, B, log_decay, h0, parents, node):
+    """The state h after node `node[b]` of each row, float32 [Bt, H, P, N] (h0 where node is -1),
+    from the inputs of `ssm_tree_scan` and the log_decay it returned; node is int32[Bt]."""
+    bt, t, h, p, n = _dims("node_state", x, B)
+    _check_shapes("node_state", x, B, dt=(dt, (bt, t, h)), log_decay=(log_decay, (bt, t, h)),
+                  h0=(h0, (bt, h, p, n)), parents=(parents, (bt, t)), node=(node, (bt,)))
+    return xla.node_state(x, dt, B, log_decay, h0, parents, node)

@@ -1,0 +1,48 @@
+"""The Mamba2 mixer's convolutions: over a tree each node reads its own ancestors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.layers.mamba2 import causal_conv, tree_conv
+from zoo.layers.ssm_cache import advance_window
+
+from conftest import random_parents
+
+W, C = 4, 6
+
+
+def _path(parents, node):
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
+@pytest.mark.parametrize("kind", ["chain", "star", "random"])
+@pytest.mark.parametrize("t", [1, 5, 12])
+def test_tree_conv_equals_the_sequence_conv_along_every_path(kind, t):
+    rng = np.random.default_rng(t)
+    k = jax.random.split(jax.random.key(t), 4)
+    inputs = jax.random.normal(k[0], (2, t, C))
+    weight, bias = jax.random.normal(k[1], (W, C)), jax.random.normal(k[2], (C,))
+    window = jax.random.normal(k[3], (2, W - 1, C))
+    parents = np.stack([random_parents(rng, t, kind) for _ in range(2)])
+    got = tree_conv(inputs, weight, bias, window, jnp.asarray(parents, jnp.int32))
+    for row in range(2):
+        for node in range(t):
+            path = _path(parents[row], node)
+            seq = causal_conv(inputs[row:row + 1, path], weight, bias, window[row:row + 1])
+            chex.assert_trees_all_close(got[row, node], seq[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_advance_window_keeps_the_last_inputs_per_row():
+    window = jnp.arange(6.0).reshape(2, 3, 1)  # rows [0, 1, 2] and [3, 4, 5]
+    inputs = 10 + jnp.arange(8.0).reshape(2, 4, 1)  # rows [10..13] and [14..17]
+    out = advance_window(window, inputs, jnp.array([0, 2]))[..., 0]
+    np.testing.assert_array_equal(out, [[0, 1, 2], [5, 14, 15]])
+    out = advance_window(window, inputs, jnp.array([4, 1]))[..., 0]
+    np.testing.assert_array_equal(out, [[11, 12, 13], [4, 5, 14]])

@@ -1,0 +1,155 @@
+"""The Mamba2 mixer: input projection, short causal depthwise convolution, SSD, gated RMSNorm,
+output projection (Dao & Gu, 2024).
+
+One projection gives z (the gate), the convolution's input xBC = [x, B, C] and dt per head. After
+the convolution and SiLU, x feeds the SSM, with a scalar A < 0 per head, dt = softplus(dt + bias)
+and B, C shared by the heads of a group. The output is RMSNorm(y * silu(z)) projected back.
+
+Whole sequences (training, prefill) run the chunked SSD from a zero state and return the layer's
+cache for decoding: the last w - 1 convolution inputs and the SSM state, both at each row's own
+length. `extend` runs T tree nodes on top of a cache: the convolution reads each node's ancestors
+(reaching into the cached window above the root) and the SSM is the tree scan of
+`kernels.ssm_tree_scan`; nothing is committed.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernels.ssm_tree_scan import ssm_tree_scan
+from kernels.trees import node_depths
+from zoo.layers.params import dense
+from zoo.layers.ssd import ssd_chunked
+from zoo.layers.ssm_cache import advance_window
+
+
+def causal_conv(inputs, weight, bias, window):
+    """Depthwise causal convolution over a sequence: inputs [B, L, C], weight [w, C], bias [C],
+    window [B, w - 1, C] the inputs before the first one (oldest first)."""
+    w, length = weight.shape[0], inputs.shape[1]
+    padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1)
+    return sum(padded[:, j:j + length] * weight[j] for j in range(w)) + bias
+
+
+def tree_conv(inputs, weight, bias, window, parents):
+    """The same convolution over a tree: node i reads itself and its w - 1 nearest ancestors;
+    where its path is shorter, the cached window above the root (ALGORITHMS.md section 5).
+
+    inputs [B, T, C]; parents int32[B, T]; window [B, w - 1, C].
+    """
+    w = weight.shape[0]
+    depth = node_depths(parents)  # [B, T]
+    ancestor = jnp.broadcast_to(jnp.arange(parents.shape[1]), parents.shape)
+    out = inputs * weight[w - 1]
+    for lag in range(1, w):
+        ancestor = jnp.where(ancestor >= 0, jnp.take_along_axis(
+            parents, jnp.maximum(ancestor, 0), axis=1), -1)  # the lag-th ancestor, or -1
+        from_tree = jnp.take_along_axis(inputs, jnp.maximum(ancestor, 0)[..., None], axis=1)
+        from_window = jnp.take_along_axis(
+            window.astype(inputs.dtype), jnp.clip(w - 1 - (lag - depth), 0, w - 2)[..., None],
+            axis=1)
+        out = out + jnp.where((ancestor >= 0)[..., None], from_tree, from_window) * weight[w - 1 - lag]
+    return out + bias
+
+
+def _dt_bias_init(dt_min=1e-3, dt_max=0.1):
+    """Biases whose softplus is log-uniform in [dt_min, dt_max], as Mamba initialises them."""
+    def init(key, shape, dtype=jnp.float32):
+        u = jax.random.uniform(key, shape)
+        dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse softplus
+    return init
+
+
+def _a_log_init(key, shape, dtype=jnp.float32):
+    return jnp.log(jax.random.uniform(key, shape, minval=1.0, maxval=16.0)).astype(dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    d_model: int
+    n_heads: int
+    head_dim: int
+    state_dim: int
+    n_groups: int
+    conv_width: int
+    chunk_size: int
+    norm_eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    init_std: float
+    backend: str = "auto"  # kernels.ssm_tree_scan backend used by `extend`
+
+    @property
+    def d_inner(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.state_dim
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
+        self.in_proj = dense(self.d_inner + self.conv_dim + self.n_heads, ("embed", "ssm_proj"),
+                             name="in_proj", **kw)
+        param = lambda name, init, shape, axes: self.param(  # noqa: E731
+            name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+        bound = 1 / math.sqrt(self.conv_width)  # PyTorch's Conv1d default for a depthwise conv
+        uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        self.conv_weight = param("conv_weight", uniform, (self.conv_width, self.conv_dim),
+                                 ("conv", "ssm_conv"))
+        self.conv_bias = param("conv_bias", nn.initializers.zeros, (self.conv_dim,), ("ssm_conv",))
+        self.dt_bias = param("dt_bias", _dt_bias_init(), (self.n_heads,), ("ssm_heads",))
+        self.A_log = param("A_log", _a_log_init, (self.n_heads,), ("ssm_heads",))
+        self.D = param("D", nn.initializers.ones, (self.n_heads,), ("ssm_heads",))
+        self.norm_scale = param("norm_scale", nn.initializers.ones, (self.d_inner,), ("ssm_inner",))
+        self.out_proj = dense(self.d_model, ("ssm_inner", "embed"), name="out_proj", **kw)
+
+    def _project(self, u):
+        zxbcdt = self.in_proj(u)
+        z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
+        return z, xbc, dt
+
+    def _conv_params(self):
+        """(weight [w, C], oldest tap first; bias [C]) in the compute dtype."""
+        return self.conv_weight.astype(self.dtype), self.conv_bias.astype(self.dtype)
+
+    def _ssm_inputs(self, conv_out, dt):
+        """(x [.., H, P], B [.., G, N], C [.., G, N], dt float32 [.., H], A [H], D [H])."""
+        xbc = nn.silu(conv_out)
+        x, b, c = jnp.split(xbc, [self.d_inner, self.d_inner + self.n_groups * self.state_dim],
+                            axis=-1)
+        lead = xbc.shape[:-1]
+        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias.astype(jnp.float32))
+        return (x.reshape(*lead, self.n_heads, self.head_dim),
+                b.reshape(*lead, self.n_groups, self.state_dim),
+                c.reshape(*lead, self.n_groups, self.state_dim), dt,
+                -jnp.exp(self.A_log.astype(jnp.float32)), self.D.astype(jnp.float32))
+
+    def _output(self, y, z):
+        """Gated RMSNorm, RMSNorm(y * silu(z)), then the output projection."""
+        g = (y.reshape(*y.shape[:-2], self.d_inner) * nn.silu(z)).astype(jnp.float32)
+        g = g * jax.lax.rsqrt(jnp.mean(g * g, axis=-1, keepdims=True) + self.norm_eps)
+        return self.out_proj((g * self.norm_scale.astype(jnp.float32)).astype(self.dtype))
+
+    def __call__(self, u, lengths=None):
+        """u [B, L, E] from a zero state -> (out [B, L, E], (conv window, SSM state)) where the
+        cache entries are at each row's `lengths` (default L): positions past a row's length get
+        dt = 0 and leave its state alone."""
+        bsz, length, _ = u.shape
+        z, xbc, dt = self._project(u)
+        empty = jnp.zeros((bsz, self.conv_width - 1, self.conv_dim), xbc.dtype)
+        x, b, c, dt, a, d = self._ssm_inputs(causal_conv(xbc, *self._conv_params(), empty), dt)
+        lengths = jnp.full((bsz,), length, jnp.int32) if lengths is None else lengths
+        dt = jnp.where(jnp.arange(length)[None, :, None] < lengths[:, None, None], dt, 0.0)
+        y, state = ssd_chunked(x, dt, a, b, c, d, chunk_size=self.chunk_size)
+        return self._output(y, z), (advance_window(empty, xbc, lengths), state)
+
+    def extend(self, u, conv_window, ssm_state, parents):
+        """T tree nodes u [B, T, E] on top of the cache -> (out, pending pieces)."""
+        z, xbc, dt = self._project(u)
+        conv_out = tree_conv(xbc, *self._conv_params(), conv_window, parents)
+        x, b, c, dt, a, d = self._ssm_inputs(conv_out, dt)
+        y, log_decay = ssm_tree_scan(x, dt, a, b, c, d, ssm_state, parents, backend=self.backend)
+        return self._output(y, z), (xbc, x, dt, b, log_decay)

@@ -1,0 +1,177 @@
+"""Mamba2 and hybrid (attention + Mamba2) language models behind the decoding protocol.
+
+`config.layers` lists the blocks: "m" is RMSNorm -> Mamba2 mixer -> residual, "a" the
+transformer's attention + SwiGLU block. A pure Mamba2 LM is all "m". The cache holds K/V for the
+attention layers and (conv window, SSM state) for the Mamba2 layers; `extend` runs a token tree
+through tree attention and the SSM tree scan, `commit` compacts the accepted K/V and moves every
+Mamba2 layer to the accepted node's state. Decoding code cannot tell this model from the
+transformer.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from kernels.trees import node_depths
+from zoo.layers.attention import attention_mask
+from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
+from zoo.layers.mamba2 import Mamba2Mixer
+from zoo.layers.params import dense, rms_norm
+from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
+from zoo.models.transformer import Block, TransformerLM, _positions
+
+
+@flax.struct.dataclass
+class HybridCache:
+    kv: KVCache  # the attention layers' (none for a pure Mamba2 model); kv.lengths per row
+    ssm: SSMCache  # the Mamba2 layers'
+
+    @property
+    def lengths(self):
+        return self.kv.lengths
+
+
+@flax.struct.dataclass
+class HybridPending:
+    kv: KVPending
+    ssm: SSMPending
+
+
+class MambaBlock(nn.Module):
+    config: object
+    backend: str
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        self.norm = rms_norm(c.norm_eps, name="norm", **kw)
+        self.mixer = Mamba2Mixer(c.d_model, c.ssm_heads, c.ssm_head_dim, c.ssm_state_dim,
+                                 c.ssm_groups, c.ssm_conv_width, c.ssm_chunk_size, c.norm_eps,
+                                 init_std=c.init_std, backend=self.backend, **kw)
+
+    def __call__(self, x, lengths=None):
+        out, cache = self.mixer(self.norm(x), lengths)
+        return x + out, cache
+
+    def extend(self, x, conv_window, ssm_state, parents):
+        out, pending = self.mixer.extend(self.norm(x), conv_window, ssm_state, parents)
+        return x + out, pending
+
+
+def _stack(per_layer):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
+
+
+class HybridBackbone(nn.Module):
+    config: object
+    backend: str = "auto"
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        self.embed = nn.Embed(c.vocab_size, c.d_model, name="embed", embedding_init=(
+            nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("vocab", "embed"))),
+            **kw)
+        self.blocks = [(Block if kind == "a" else MambaBlock)(c, self.backend, name=f"block_{i}")
+                       for i, kind in enumerate(c.layers)]
+        self.final_norm = rms_norm(c.norm_eps, name="final_norm", **kw)
+        if not c.tie_embeddings:
+            self.lm_head = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
+                                 name="lm_head", **kw)
+
+    def __call__(self, tokens, positions, mask=None, lengths=None, cache=None, parents=None):
+        """Returns (logits float32 [B, T, V], hidden [B, T, E], (attention, mamba)).
+
+        Without `cache`: whole sequences (attention under `mask`; Mamba2 from a zero state, its
+        cache taken at `lengths`); attention is (k, v) stacked [La, B, T, K, D], mamba is
+        (conv window, state) stacked over Mamba2 layers. With `cache` (a HybridCache) and
+        `parents`: the tokens are tree nodes; attention is the new (k, v), mamba the pending
+        pieces of each Mamba2 layer. Either is None when the model has no such layer.
+        """
+        x = self.embed(tokens)
+        attention, mamba = [], []
+        for kind, block in zip(self.config.layers, self.blocks):
+            if kind == "a":
+                i = len(attention)
+                context = None if cache is None else (cache.kv.k[i], cache.kv.v[i],
+                                                      cache.kv.lengths, parents)
+                x, kv = block(x, positions, mask, context)
+                attention.append(kv)
+            elif cache is None:
+                x, state = block(x, lengths)
+                mamba.append(state)
+            else:
+                i = len(mamba)
+                x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], parents)
+                mamba.append(pending)
+        hidden = self.final_norm(x)
+        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        return logits.astype(jnp.float32), hidden, (_stack(attention), _stack(mamba))
+
+
+@dataclasses.dataclass(frozen=True)
+class MambaLM(TransformerLM):
+    """A Mamba2 or hybrid `HybridBackbone` as a DecodingModel (init, logical_axes and the
+    training forward are the transformer's)."""
+
+    @property
+    def module(self) -> HybridBackbone:
+        return HybridBackbone(self.config, self.kernel_backend)
+
+    def _counts(self):
+        return self.config.layers.count("a"), self.config.layers.count("m")
+
+    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+        if mask != "causal":
+            raise ValueError(f"a {self.config.family} model's Mamba2 layers are causal; mask "
+                             f"{mask!r} needs an attention-only model")
+        return super().forward(params, tokens, mask, block_size, segment_ids)
+
+    def init_cache(self, batch: int, max_len: int) -> HybridCache:
+        c = self.config
+        n_attention, n_mamba = self._counts()
+        kv = KVCache.zeros(n_attention, batch, max_len, c.n_kv_heads, c.resolved_head_dim,
+                           jnp.dtype(c.dtype))
+        conv_dim = c.ssm_heads * c.ssm_head_dim + 2 * c.ssm_groups * c.ssm_state_dim
+        ssm = SSMCache.zeros(n_mamba, batch, c.ssm_conv_width, conv_dim, c.ssm_heads,
+                             c.ssm_head_dim, c.ssm_state_dim, jnp.dtype(c.dtype))
+        return HybridCache(kv, ssm)
+
+    def prefill(self, params, tokens, lengths, max_len: int):
+        b, t = tokens.shape
+        if t > max_len:
+            raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
+        lengths = jnp.asarray(lengths, jnp.int32)
+        logits, hidden, (attention, mamba) = self.module.apply(
+            {"params": params}, tokens, _positions(b, t), attention_mask("causal", t),
+            lengths=lengths)
+        cache = self.init_cache(b, max_len)
+        kv = cache.kv
+        if attention is not None:
+            k, v = (a.transpose(0, 1, 3, 2, 4).astype(kv.k.dtype) for a in attention)
+            kv = KVCache(kv.k.at[:, :, :, :t].set(k), kv.v.at[:, :, :, :t].set(v), kv.lengths)
+        ssm = cache.ssm if mamba is None else SSMCache(mamba[0].astype(cache.ssm.conv.dtype),
+                                                       mamba[1])
+        return logits, hidden, HybridCache(KVCache(kv.k, kv.v, lengths), ssm)
+
+    def extend(self, params, cache: HybridCache, tokens, parents):
+        parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
+        positions = cache.lengths[:, None] + node_depths(parents)
+        logits, hidden, (attention, mamba) = self.module.apply(
+            {"params": params}, tokens, positions, cache=cache, parents=parents)
+        b, t = tokens.shape
+        c = self.config
+        if attention is None:
+            empty = jnp.zeros((0, b, t, c.n_kv_heads, c.resolved_head_dim), jnp.dtype(c.dtype))
+            attention = (empty, empty)
+        ssm = None if mamba is None else SSMPending(*mamba, parents=parents)
+        return logits, hidden, HybridPending(KVPending(*attention), ssm)
+
+    def commit(self, cache: HybridCache, pending: HybridPending, path, n_accepted) -> HybridCache:
+        kv = commit_kv(cache.kv, pending.kv, path, n_accepted)
+        ssm = cache.ssm if pending.ssm is None else commit_ssm(cache.ssm, pending.ssm, path,
+                                                              n_accepted)
+        return HybridCache(kv, ssm)

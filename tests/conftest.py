@@ -3,6 +3,7 @@
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,6 +26,20 @@ def tiny_ssm_config(family: str = "mamba2", **overrides) -> ModelConfig:
                 mlp_dim=64, ssm_heads=4, ssm_head_dim=16, ssm_state_dim=16, ssm_groups=2,
                 ssm_chunk_size=8, init_std=0.1)
     return ModelConfig(**{**base, **overrides})
+
+
+def loud_ssm_params(params):
+    """Random Mamba2 init draws dt in [0.001, 0.1]: a state that barely moves, so a wrong state
+    would hardly change the logits. Tests use dt ~ 0.5-3 and A ~ -0.2..-2 across heads (memories
+    of a few tokens), where any error in a state or a convolution window shows in the logits."""
+    def loud(path, leaf):
+        name = getattr(path[-1], "key", None)
+        if name == "dt_bias":
+            return jnp.linspace(-0.5, 3.0, leaf.shape[-1]).astype(leaf.dtype)
+        if name == "A_log":
+            return jnp.linspace(np.log(0.2), np.log(2.0), leaf.shape[-1]).astype(leaf.dtype)
+        return leaf
+    return jax.tree_util.tree_map_with_path(loud, params)
 
 
 def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:

@@ -37,6 +37,15 @@ def test_overrides_are_typed_and_applied():
     (["decode.top_p=0"], "decode.top_p=0.0: must be in (0, 1]"),
     (["data.corpus=wiki"], "data.corpus='wiki'"),
     (["train.steps"], "must look like section.key=value"),
+    (["model.family=mamba2", "model.ssm_heads=3", "model.ssm_head_dim=32"],
+     "model.ssm_heads=3: x model.ssm_head_dim=32 must equal the inner width "
+     "model.ssm_expand * model.d_model = 128"),
+    (["model.family=mamba2", "model.ssm_heads=4", "model.ssm_head_dim=32", "model.ssm_groups=3"],
+     "model.ssm_groups=3: must divide model.ssm_heads=4"),
+    (["model.family=hybrid", "model.layer_pattern=ax"], "names unknown layer kind ['x']"),
+    (["model.family=hybrid", "model.layer_pattern=aam"], "must have one letter per layer"),
+    (["model.family=hybrid", "model.layer_pattern=aa"], "a hybrid model's layers are 'a' and 'm'"),
+    (["model.family=rwkv"], "model.family='rwkv': must be one of"),
 ])
 def test_bad_values_name_the_key_and_rule(override, message):
     with pytest.raises(ConfigError) as err:

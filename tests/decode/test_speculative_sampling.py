@@ -23,9 +23,12 @@ from scipy import stats
 
 from zoo.config import ModelConfig
 from zoo.decode import speculative
-from zoo.decode.drafters import Draft, PromptLookup
+from zoo.decode.drafters import Draft, PromptLookup, TokenRecycling
+from zoo.decode.trees import static_tree
 from zoo.decode.sampling import Sampler
 from zoo.models import build_model
+
+from conftest import loud_ssm_params
 
 V, PAD, N, NEW = 8, 7, 20_000, 3
 PROMPT = [1, 2, 3, 1, 2, 4, 1, 2]
@@ -92,6 +95,20 @@ def test_wrong_rule_is_caught(small_vocab_target):
     model, params = small_vocab_target
     tokens = run(model, params, WrongRuleLookup(num_draft=3, max_ngram=2))
     assert chi_square_pvalue(tokens, exact_joint(model, params)) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["mamba2", "hybrid"])
+def test_tree_sampling_on_ssm_models_matches_ar(family):
+    """The same test on Mamba2 and hybrid targets, drafting a 4-node tree (Token Recycling): the
+    tree forward is the SSM tree scan and commit moves the states to the sampled path."""
+    layers = dict(mamba2=dict(n_layers=1), hybrid=dict(n_layers=2, layer_pattern="ma"))[family]
+    model = build_model(ModelConfig(
+        family=family, vocab_size=V, d_model=16, n_heads=2, n_kv_heads=1, mlp_dim=32,
+        ssm_heads=2, ssm_head_dim=16, ssm_state_dim=16, init_std=0.5, **layers))
+    params = loud_ssm_params(model.init(jax.random.key(3)))
+    tree = static_tree([(0,), (1,), (0, 0)])  # two candidates, the first with a child
+    tokens = run(model, params, TokenRecycling(vocab_size=V, tree=tree))
+    assert chi_square_pvalue(tokens, exact_joint(model, params)) > ALPHA
 
 
 def test_power(small_vocab_target):

@@ -13,7 +13,7 @@ import pytest
 from kernels.trees import chain_parents
 from zoo.models import build_model
 
-from conftest import random_parents, tiny_model_config, tiny_ssm_config
+from conftest import loud_ssm_params, random_parents, tiny_model_config, tiny_ssm_config
 
 FAMILIES = ["transformer", "mamba2", "hybrid"]
 
@@ -23,7 +23,7 @@ def any_model(request):
     config = (tiny_model_config() if request.param == "transformer"
               else tiny_ssm_config(request.param))
     model = build_model(config)
-    return model, model.init(jax.random.key(0))
+    return model, loud_ssm_params(model.init(jax.random.key(0)))
 
 
 def _atol(model):

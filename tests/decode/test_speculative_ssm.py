@@ -54,3 +54,14 @@ def test_greedy_speculative_equals_ar(ssm_target, name, batch):
     np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
     if name == "self_tree":
         assert got.tau > 2.0
+
+
+def test_greedy_speculative_on_the_pallas_tpu_kernels_equals_ar(ssm_target):
+    """Both tree kernels (tree attention, SSM tree scan) as Mosaic kernels, interpreted."""
+    model, params = ssm_target
+    on_kernels = build_model(model.config, kernel_backend="pallas_tpu")
+    prompts = _prompts(2)
+    want = ar.generate(model, params, prompts, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
+    got = speculative.generate(on_kernels, params, prompts, drafter=PromptLookup(num_draft=3),
+                               max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
+    np.testing.assert_array_equal(got.tokens, want.tokens)

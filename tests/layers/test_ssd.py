@@ -5,7 +5,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from zoo.layers.ssd import ssd_chunked, ssd_recurrent
+from zoo.layers import ssd
+
+# Jitted: eager dispatch would compile each of the many small ops once per shape.
+ssd_chunked = jax.jit(ssd.ssd_chunked, static_argnames="chunk_size")
+ssd_recurrent = jax.jit(ssd.ssd_recurrent)
 
 
 def _inputs(seed, bt, length, h, p, g, n, dtype=jnp.float32):

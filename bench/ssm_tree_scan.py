@@ -21,11 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Python puts this folder first on the path, where bench/kernels.py would shadow the `kernels`
-# package: put the repository first and this folder last (for `import common`).
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
-sys.path.append(str(HERE))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
 
 from kernels.ssm_tree_scan import ssm_tree_scan  # noqa: E402

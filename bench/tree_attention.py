@@ -1,7 +1,7 @@
 """Tree attention: the XLA path against the reference on this machine, and the memory traffic of
 the Pallas TPU kernel against the ideal of reading the used cache once.
 
-    python bench/kernels.py [--repeats 5] [--quick]
+    python bench/tree_attention.py [--repeats 5] [--quick]
 
 Per case (batch B, tree nodes T, cache slots S, used lengths): median wall time of the reference
 and XLA paths (jitted, float32 on CPU), their peak temporary memory and bytes accessed as XLA's
@@ -20,11 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# This file shares its name with the `kernels` package: put the repository first and this folder
-# last on the path, so that `import kernels` finds the package and `import common` bench/common.py.
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
-sys.path.append(str(HERE))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
 
 from kernels.tree_attention import tpu, tree_attention  # noqa: E402
@@ -119,7 +115,7 @@ def main(argv=None):
     table = markdown_table(headers, rows)
     print(f"tree attention, H={H} query heads, {KV} KV heads, head dim {D}; median of "
           f"{args.repeats}\n{table}")
-    path = write_result("kernels", {"machine": machine(), "heads": H, "kv_heads": KV,
+    path = write_result("tree_attention", {"machine": machine(), "heads": H, "kv_heads": KV,
                                     "head_dim": D, "repeats": args.repeats, "results": results},
                         table)
     print(f"wrote {path}")

@@ -228,6 +228,37 @@ class HeadsConfig:
                      self.target_run)
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+# Logical axis names carried by parameters and activations -> mesh axes ("+" joins several).
+DEFAULT_RULES = ("batch=data+fsdp embed=fsdp heads=tensor kv_heads=tensor mlp=tensor "
+                 "ssm_proj=tensor ssm_inner=tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """How devices form a mesh and how logical axis names map onto it (see zoo/parallel.py).
+
+    Sizes multiply to the device count; one of them may be -1 (the remaining devices). Logical
+    names absent from `rules` are replicated.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: str = DEFAULT_RULES
+
+    def __post_init__(self):
+        sizes = [getattr(self, a) for a in MESH_AXES]
+        for axis, size in zip(MESH_AXES, sizes):
+            _require(size == -1 or size > 0, f"mesh.{axis}", "must be > 0 or -1 (the rest)", size)
+        _require(sizes.count(-1) <= 1, "mesh.data", "only one mesh size may be -1", sizes)
+        for rule in self.rules.split():
+            name, _, axes = rule.partition("=")
+            _require(bool(name) and all(a in MESH_AXES for a in axes.split("+") if a),
+                     "mesh.rules", f"{rule!r} must look like logical=axis[+axis] with axes "
+                     f"from {list(MESH_AXES)}", self.rules)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "default"
@@ -236,6 +267,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     decode: DecodeConfig = DecodeConfig()
     heads: HeadsConfig = HeadsConfig()
+    mesh: MeshConfig = MeshConfig()
 
 
 def first_difference(a, b) -> str | None:

@@ -12,22 +12,17 @@ kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every back
 everywhere. `node_state` (the state after one node, for commit) is pure jnp on every platform.
 """
 
-import jax
-from jax.experimental.pallas import tpu as pltpu
-
+from kernels import backends
+from kernels.backends import BACKENDS
 from kernels.ssm_tree_scan import gpu, reference, tpu, xla
-
-BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
 
 
 def _pallas_tpu(*args):
-    interpret = None if jax.default_backend() == "tpu" else pltpu.InterpretParams(
-        out_of_bounds_reads="raise")
-    return tpu.ssm_tree_scan(*args, interpret=interpret)
+    return tpu.ssm_tree_scan(*args, interpret=backends.tpu_interpret())
 
 
 def _pallas_gpu(*args):
-    return gpu.ssm_tree_scan(*args, interpret=jax.default_backend() != "gpu")
+    return gpu.ssm_tree_scan(*args, interpret=backends.gpu_interpret())
 
 
 _IMPLEMENTATIONS = {"reference": reference.ssm_tree_scan, "xla": xla.ssm_tree_scan,
@@ -37,14 +32,7 @@ _UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
 
 def resolve_backend(backend: str, x, B) -> str:
     """The concrete backend `backend` means for these shapes on this platform."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown ssm_tree_scan backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        kernel = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend())
-        return kernel if kernel and _UNSUPPORTED[kernel](x, B) is None else "xla"
-    if backend in _UNSUPPORTED and (problem := _UNSUPPORTED[backend](x, B)) is not None:
-        raise ValueError(problem)
-    return backend
+    return backends.resolve("ssm_tree_scan", backend, _UNSUPPORTED, x, B)
 
 
 def _dims(op: str, x, B):

@@ -29,13 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels.backends import VMEM_BUDGET, round_up
 from kernels.trees import ancestor_masks_in_kernel
-
-VMEM_BUDGET = 16 * 2**20  # the default scoped-VMEM limit of TPU v4/v5e (v5p/v6e allow more)
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def _dot(a, b, contract_b: int):
@@ -86,10 +81,10 @@ def vmem_bytes(t, p, n, dtype) -> int:
     """Estimated VMEM of one grid step: double-buffered blocks and the [T, T] temporaries, with
     the lane dimension padded to 128 and the sublane one to 8 as Mosaic lays arrays out."""
     itemsize = jnp.dtype(dtype).itemsize
-    t_pad = _round_up(t, _sublane_rows(dtype))
-    lanes = lambda k: _round_up(k, 128)  # noqa: E731
+    t_pad = round_up(t, _sublane_rows(dtype))
+    lanes = lambda k: round_up(k, 128)  # noqa: E731
     blocks = (itemsize * t_pad * 2 * (lanes(p) + lanes(n))  # x, y, B, C
-              + 4 * (_round_up(p, 8) * lanes(n) + 3 * t_pad * 128 + 8 * lanes(t_pad)))
+              + 4 * (round_up(p, 8) * lanes(n) + 3 * t_pad * 128 + 8 * lanes(t_pad)))
     temporaries = 4 * (8 * t_pad * lanes(t_pad) + 3 * t_pad * lanes(p))
     return 2 * blocks + temporaries
 
@@ -121,7 +116,7 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, interpret=None):
     """
     bt, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    t_pad = _round_up(t, _sublane_rows(x.dtype))
+    t_pad = round_up(t, _sublane_rows(x.dtype))
     x_h, dt_col, dt_row, b_g, c_g, par = to_kernel_layout(x, dt, B, C, parents, t_pad)
 
     per_head = lambda rows, cols: pl.BlockSpec(  # noqa: E731

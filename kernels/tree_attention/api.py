@@ -12,22 +12,17 @@ kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every back
 everywhere, e.g. a whole speculative decode on the TPU kernel on a CPU laptop.
 """
 
-import jax
-from jax.experimental.pallas import tpu as pltpu
-
+from kernels import backends
+from kernels.backends import BACKENDS
 from kernels.tree_attention import gpu, reference, tpu, xla
-
-BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
 
 
 def _pallas_tpu(*args, scale):
-    interpret = None if jax.default_backend() == "tpu" else pltpu.InterpretParams(
-        out_of_bounds_reads="raise")
-    return tpu.tree_attention(*args, scale=scale, interpret=interpret)
+    return tpu.tree_attention(*args, scale=scale, interpret=backends.tpu_interpret())
 
 
 def _pallas_gpu(*args, scale):
-    return gpu.tree_attention(*args, scale=scale, interpret=jax.default_backend() != "gpu")
+    return gpu.tree_attention(*args, scale=scale, interpret=backends.gpu_interpret())
 
 
 _IMPLEMENTATIONS = {"reference": reference.tree_attention, "xla": xla.tree_attention,
@@ -37,14 +32,7 @@ _UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
 
 def resolve_backend(backend: str, q, k_cache) -> str:
     """The concrete backend `backend` means for these shapes on this platform."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown tree_attention backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        kernel = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(jax.default_backend())
-        return kernel if kernel and _UNSUPPORTED[kernel](q, k_cache) is None else "xla"
-    if backend in _UNSUPPORTED and (problem := _UNSUPPORTED[backend](q, k_cache)) is not None:
-        raise ValueError(problem)
-    return backend
+    return backends.resolve("tree_attention", backend, _UNSUPPORTED, q, k_cache)
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,

@@ -25,24 +25,20 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels.backends import VMEM_BUDGET, round_up
 from kernels.tree_attention import blocks
 from kernels.trees import stacked_ancestor_mask
 
 DEFAULT_BLOCK_KV = 512
-VMEM_BUDGET = 16 * 2**20  # the default scoped-VMEM limit of TPU v4/v5e (v5p/v6e allow more)
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def vmem_bytes(t, h, kv, d, s, itemsize, block_kv=DEFAULT_BLOCK_KV) -> int:
     """Estimated VMEM of one grid step: double-buffered blocks, scratch and the largest
     temporaries, with the lane dimension padded to 128 as Mosaic lays arrays out."""
-    t_pad = _round_up(t, 8)
+    t_pad = round_up(t, 8)
     rows = (h // kv) * t_pad
-    block_kv = min(block_kv, _round_up(max(s, 1), 128))
-    lanes = lambda n: _round_up(n, 128)  # noqa: E731
+    block_kv = min(block_kv, round_up(max(s, 1), 128))
+    lanes = lambda n: round_up(n, 128)  # noqa: E731
     blocks = itemsize * (2 * rows + 2 * block_kv + 2 * t_pad) * lanes(d) + 4 * t_pad * 128
     scratch = 4 * rows * (2 * 128 + lanes(d))
     temporaries = 4 * (2 * rows * lanes(block_kv) + 2 * t_pad * lanes(t_pad) + rows * lanes(t_pad))
@@ -104,9 +100,9 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
     kv, s = k_cache.shape[1], k_cache.shape[2]
     if block_kv % 128:
         raise ValueError(f"pallas_tpu tree_attention: block_kv={block_kv} must be a multiple of 128")
-    block_kv = min(block_kv, _round_up(max(s, 1), 128))
+    block_kv = min(block_kv, round_up(max(s, 1), 128))
     scale = d ** -0.5 if scale is None else scale
-    t_pad = _round_up(t, 8)
+    t_pad = round_up(t, 8)
     n_rows = (h // kv) * t_pad
     q_rows, kn, vn, par = blocks.to_kernel_layout(q, k_new, v_new, parents, t_pad, n_rows)
 

@@ -19,9 +19,9 @@ from kernels.trees import node_depths
 from zoo.layers.attention import attention_mask
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mamba2 import Mamba2Mixer
-from zoo.layers.params import dense, rms_norm
+from zoo.layers.params import rms_norm
 from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
-from zoo.models.transformer import Block, TransformerLM, _positions
+from zoo.models.transformer import Block, Transformer, TransformerLM, _positions
 
 
 @flax.struct.dataclass
@@ -65,22 +65,12 @@ def _stack(per_layer):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
 
 
-class HybridBackbone(nn.Module):
-    config: object
-    backend: str = "auto"
+class HybridBackbone(Transformer):
+    """The transformer's embedding and head around `config.layers`' mix of blocks."""
 
-    def setup(self):
-        c = self.config
-        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        self.embed = nn.Embed(c.vocab_size, c.d_model, name="embed", embedding_init=(
-            nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("vocab", "embed"))),
-            **kw)
-        self.blocks = [(Block if kind == "a" else MambaBlock)(c, self.backend, name=f"block_{i}")
-                       for i, kind in enumerate(c.layers)]
-        self.final_norm = rms_norm(c.norm_eps, name="final_norm", **kw)
-        if not c.tie_embeddings:
-            self.lm_head = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
-                                 name="lm_head", **kw)
+    def make_blocks(self):
+        return [(Block if kind == "a" else MambaBlock)(self.config, self.backend, name=f"block_{i}")
+                for i, kind in enumerate(self.config.layers)]
 
     def __call__(self, tokens, positions, mask=None, lengths=None, cache=None, parents=None):
         """Returns (logits float32 [B, T, V], hidden [B, T, E], (attention, mamba)).
@@ -107,9 +97,8 @@ class HybridBackbone(nn.Module):
                 i = len(mamba)
                 x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], parents)
                 mamba.append(pending)
-        hidden = self.final_norm(x)
-        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
-        return logits.astype(jnp.float32), hidden, (_stack(attention), _stack(mamba))
+        logits, hidden = self.head(x)
+        return logits, hidden, (_stack(attention), _stack(mamba))
 
 
 @dataclasses.dataclass(frozen=True)

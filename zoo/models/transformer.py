@@ -53,11 +53,22 @@ class Transformer(nn.Module):
         self.embed = nn.Embed(c.vocab_size, c.d_model, name="embed", embedding_init=(
             nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("vocab", "embed"))),
             **kw)
-        self.blocks = [Block(c, self.backend, name=f"block_{i}") for i in range(c.n_layers)]
+        self.blocks = self.make_blocks()
         self.final_norm = rms_norm(c.norm_eps, name="final_norm", **kw)
         if not c.tie_embeddings:
             self.lm_head = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
                                  name="lm_head", **kw)
+
+    def make_blocks(self):
+        """The residual blocks, named block_0, block_1, ... (subclasses choose other kinds)."""
+        return [Block(self.config, self.backend, name=f"block_{i}")
+                for i in range(self.config.n_layers)]
+
+    def head(self, x):
+        """(logits float32 [B, T, V], hidden [B, T, E]) from the last block's output."""
+        hidden = self.final_norm(x)
+        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        return logits.astype(jnp.float32), hidden
 
     def __call__(self, tokens, positions, mask=None, cache=None, parents=None):
         """Returns (logits float32 [B, T, V], hidden [B, T, E], (k, v) stacked [L, B, T, K, D]).
@@ -72,9 +83,8 @@ class Transformer(nn.Module):
             x, (k, v) = block(x, positions, mask, context)
             ks.append(k)
             vs.append(v)
-        hidden = self.final_norm(x)
-        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
-        return logits.astype(jnp.float32), hidden, (jnp.stack(ks), jnp.stack(vs))
+        logits, hidden = self.head(x)
+        return logits, hidden, (jnp.stack(ks), jnp.stack(vs))
 
 
 def _positions(batch: int, length: int) -> jnp.ndarray:

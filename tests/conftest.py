@@ -42,6 +42,22 @@ def loud_ssm_params(params):
     return jax.tree_util.tree_map_with_path(loud, params)
 
 
+def assert_speculative_equals_ar(model, params, prompts, drafter, drafter_params=None, *,
+                                 max_new_tokens, verifier=None, **kwargs):
+    """Greedy speculative decoding with `verifier` (default: `model` itself; e.g. the same model
+    on another kernel backend) emits exactly AR greedy's tokens and lengths. Returns its result."""
+    from zoo.data.tokenizer import PAD_ID
+    from zoo.decode import ar, speculative
+    want = ar.generate(model, params, prompts, max_new_tokens=max_new_tokens, eos_id=-1,
+                       pad_id=PAD_ID)
+    got = speculative.generate(verifier or model, params, prompts, drafter=drafter,
+                               drafter_params=drafter_params, max_new_tokens=max_new_tokens,
+                               eos_id=-1, pad_id=PAD_ID, **kwargs)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
+    return got
+
+
 def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
     """A parents array of a chain, a star or a random topologically ordered tree."""
     if kind == "chain":

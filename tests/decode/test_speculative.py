@@ -9,7 +9,7 @@ from zoo.decode import ar, speculative
 from zoo.decode.drafters import DraftModelChain, PromptLookup
 from zoo.models import build_model
 
-from conftest import tiny_model_config
+from conftest import assert_speculative_equals_ar, tiny_model_config
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +41,9 @@ def _drafters(target, target_params, draft_pair):
 def test_greedy_speculative_equals_ar(tiny_model_and_params, draft_pair, name, batch):
     model, params = tiny_model_and_params
     drafter, drafter_params = _drafters(model, params, draft_pair)[name]
-    prompts = _prompts(batch, batch)
-    max_new = 23  # the length limit falls inside a tree
-    want = ar.generate(model, params, prompts, max_new_tokens=max_new, eos_id=-1, pad_id=PAD_ID)
-    got = speculative.generate(model, params, prompts, drafter=drafter,
-                               drafter_params=drafter_params, max_new_tokens=max_new, eos_id=-1,
-                               pad_id=PAD_ID)
-    np.testing.assert_array_equal(got.tokens, want.tokens)
-    np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
+    got = assert_speculative_equals_ar(model, params, _prompts(batch, batch), drafter,
+                                       drafter_params,
+                                       max_new_tokens=23)  # the limit falls inside a tree
     assert got.tau >= 1.0
     if name == "self_draft":
         assert got.tau > drafter.num_draft  # the target drafting for itself is always accepted

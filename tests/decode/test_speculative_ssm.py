@@ -6,13 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from zoo.data.tokenizer import PAD_ID
-from zoo.decode import ar, speculative
 from zoo.decode.drafters import DraftModelTree, PromptLookup, TokenRecycling
 from zoo.decode.trees import PRESETS
 from zoo.models import build_model
 
-from conftest import loud_ssm_params, tiny_ssm_config
+from conftest import assert_speculative_equals_ar, loud_ssm_params, tiny_ssm_config
 
 MAX_NEW = 21  # the length limit falls inside a tree
 
@@ -45,13 +43,8 @@ def _drafter(name, model, params):
 def test_greedy_speculative_equals_ar(ssm_target, name, batch):
     model, params = ssm_target
     drafter, drafter_params = _drafter(name, model, params)
-    prompts = _prompts(batch)
-    want = ar.generate(model, params, prompts, max_new_tokens=MAX_NEW, eos_id=-1, pad_id=PAD_ID)
-    got = speculative.generate(model, params, prompts, drafter=drafter,
-                               drafter_params=drafter_params, max_new_tokens=MAX_NEW, eos_id=-1,
-                               pad_id=PAD_ID)
-    np.testing.assert_array_equal(got.tokens, want.tokens)
-    np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
+    got = assert_speculative_equals_ar(model, params, _prompts(batch), drafter, drafter_params,
+                                       max_new_tokens=MAX_NEW)
     if name == "self_tree":
         assert got.tau > 2.0
 
@@ -60,8 +53,5 @@ def test_greedy_speculative_on_the_pallas_tpu_kernels_equals_ar(ssm_target):
     """Both tree kernels (tree attention, SSM tree scan) as Mosaic kernels, interpreted."""
     model, params = ssm_target
     on_kernels = build_model(model.config, kernel_backend="pallas_tpu")
-    prompts = _prompts(2)
-    want = ar.generate(model, params, prompts, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
-    got = speculative.generate(on_kernels, params, prompts, drafter=PromptLookup(num_draft=3),
-                               max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
-    np.testing.assert_array_equal(got.tokens, want.tokens)
+    assert_speculative_equals_ar(model, params, _prompts(2), PromptLookup(num_draft=3),
+                                 max_new_tokens=8, verifier=on_kernels)

@@ -10,16 +10,14 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels.tree_attention import api, gpu, tpu, tree_attention
-from zoo.data.tokenizer import PAD_ID
-from zoo.decode import ar, speculative
 from zoo.decode.drafters import PromptLookup
 from zoo.models import build_model
 
+from conftest import assert_speculative_equals_ar
 from test_tree_attention import _case
 
 # Small blocks so that every case spans several cache blocks, the last one partial.
@@ -116,9 +114,6 @@ def test_greedy_speculative_decode_on_the_tpu_kernel_equals_ar(tiny_model_and_pa
     """The transformer's extend goes through the dispatch: the whole decode, interpreted."""
     model, params = tiny_model_and_params
     on_tpu_kernel = build_model(model.config, kernel_backend="pallas_tpu")
-    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 8, 9, 8]]
-    want = ar.generate(model, params, prompts, max_new_tokens=12, eos_id=-1, pad_id=PAD_ID)
-    got = speculative.generate(on_tpu_kernel, params, prompts, drafter=PromptLookup(num_draft=4),
-                               max_new_tokens=12, eos_id=-1, pad_id=PAD_ID, max_len=64)
-    np.testing.assert_array_equal(got.tokens, want.tokens)
-    np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
+    assert_speculative_equals_ar(model, params, [[5, 6, 7, 5, 6, 7, 5], [9, 8, 9, 8]],
+                                 PromptLookup(num_draft=4), max_new_tokens=12,
+                                 verifier=on_tpu_kernel, max_len=64)

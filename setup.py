@@ -24,5 +24,6 @@ setup(
     entry_points={"console_scripts": [
         "zoo-train=launch.train:main",
         "zoo-generate=launch.generate:main",
+        "zoo-tpu=launch.tpu.pod:main",
     ]},
 )

@@ -1,9 +1,13 @@
 """zoo-train: train a model from an experiment YAML, with `section.key=value` overrides.
 
     zoo-train --config configs/experiments/code_small.yaml train.steps=200 [--resume]
+
+Every process of a multi-host run (a TPU pod slice, `launch/local_pod.py`) runs the same
+command with --distributed.
 """
 
 import argparse
+import os
 import sys
 
 from zoo import config as config_lib
@@ -19,6 +23,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at", type=int, default=None,
                         help="checkpoint and stop at this step (as a preemption would)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the parameter count and per-device memory of params, "
+                             "optimizer state and activations on the config's mesh; train nothing")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="with --dry-run: size for this many simulated CPU devices")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one process of a multi-host run: join the others first "
+                             "(jax.distributed; see launch/local_pod.py and launch/tpu)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after flags
     try:
         config = config_lib.load(args.config, args.overrides)
@@ -26,14 +38,26 @@ def main(argv=None) -> int:
         print(f"zoo-train: config error: {e}", file=sys.stderr)
         return 2
 
-    from zoo.train.loop import (NonFiniteLossError, ResumeError, format_metrics,  # heavy imports
-                                train)  # after validation
+    if args.devices is not None:
+        if not args.dry_run or args.devices < 1:
+            parser.error("--devices N (N >= 1) sizes a mesh of simulated devices with --dry-run")
+        os.environ["JAX_PLATFORMS"] = "cpu"  # before the first jax import
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                            f"--xla_force_host_platform_device_count={args.devices}"])
+    if args.distributed:
+        from zoo.parallel import initialize_distributed
+        initialize_distributed()
+    if args.dry_run:
+        return dry_run(config)
+    from zoo.parallel import ShardingError  # heavy imports after validation
+    from zoo.train.loop import NonFiniteLossError, ResumeError, format_metrics, train
 
     print(f"zoo-train: {config.name} -> {config.train.run_dir}", flush=True)
     try:
         result = train(config, resume=args.resume, stop_at=args.stop_at,
                        progress=not args.no_progress)
-    except (FileNotFoundError, config_lib.ConfigError) as e:  # e.g. a bad heads.target_run
+    except (FileNotFoundError, config_lib.ConfigError, ShardingError) as e:  # e.g. a bad
+        # heads.target_run, or sizes that do not divide over the mesh
         print(f"zoo-train: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, FileExistsError, ResumeError) as e:
@@ -43,6 +67,19 @@ def main(argv=None) -> int:
     print(f"zoo-train: stopped at step {result.step}"
           + (" (SIGTERM)" if result.interrupted else "")
           + (f", {format_metrics(last)}" if last else ""), flush=True)
+    return 0
+
+
+def dry_run(config) -> int:
+    from zoo.parallel import ShardingError
+    from zoo.train import sizing
+
+    try:
+        result = sizing.size(config)
+    except (ShardingError, FileNotFoundError) as e:
+        print(f"zoo-train: {e}", file=sys.stderr)
+        return 2
+    print(sizing.report(config, result), flush=True)
     return 0
 
 

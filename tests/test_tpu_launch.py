@@ -24,7 +24,7 @@ CREATE = (f"{TPU_VM} create my-tpu --zone us-west4-a --accelerator-type v5litepo
           "--version v2-alpha-tpuv5-lite")
 INSTALL_SSH = (f"{TPU_VM} ssh my-tpu --worker=all --zone us-west4-a --command 'mkdir -p ~/zoo "
                "&& tar -xzf zoo.tar.gz -C ~/zoo && python3 -m pip install --quiet -e ~/zoo "
-               "\"jax[tpu]>=0.10.2,<0.11\"'")
+               "\"jax[tpu]>=0.10.2,<0.11\" gcsfs'")
 TRAIN = (f"{TPU_VM} ssh my-tpu --worker=all --zone us-west4-a --command 'cd ~/zoo || exit 1; "
          "export PATH=\"$HOME/.local/bin:$PATH\"; nohup zoo-train --distributed --resume "
          f"--no-progress --config {CONFIG} {GCS} >> ~/zoo/train.log 2>&1 < /dev/null &'")

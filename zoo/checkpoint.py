@@ -6,15 +6,17 @@ each step to a temporary directory and renames it when complete: a crash or SIGT
 leaves a half-written checkpoint as the latest.
 """
 
-import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Checkpointer:
-    def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+    def __init__(self, directory: str | epath.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = epath.Path(directory)
+        if "://" not in str(directory):  # local: absolute, as orbax wants
+            self.directory = self.directory.absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep,

@@ -231,26 +231,33 @@ class HeadsConfig:
 MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis names carried by parameters and activations -> mesh axes ("+" joins several).
 DEFAULT_RULES = ("batch=data+fsdp embed=fsdp heads=tensor kv_heads=tensor mlp=tensor "
-                 "ssm_proj=tensor ssm_inner=tensor")
+                 "ssm_heads=tensor ssm_proj=tensor ssm_inner=tensor")
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """How devices form a mesh and how logical axis names map onto it (see zoo/parallel.py).
 
-    Sizes multiply to the device count; one of them may be -1 (the remaining devices). Logical
-    names absent from `rules` are replicated.
+    `data`, `fsdp`, `tensor` are sizes within a slice (over its fast interconnect) and multiply
+    to the devices of a slice; one of them may be -1 (the remaining devices). `dcn_*` are sizes
+    across the slices of a multi-slice pod (over the data-center network; a mesh axis spans
+    size x dcn_size devices). Logical names absent from `rules` are replicated.
     """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
     rules: str = DEFAULT_RULES
 
     def __post_init__(self):
         sizes = [getattr(self, a) for a in MESH_AXES]
         for axis, size in zip(MESH_AXES, sizes):
             _require(size == -1 or size > 0, f"mesh.{axis}", "must be > 0 or -1 (the rest)", size)
+            _require(getattr(self, f"dcn_{axis}") > 0, f"mesh.dcn_{axis}", "must be > 0",
+                     getattr(self, f"dcn_{axis}"))
         _require(sizes.count(-1) <= 1, "mesh.data", "only one mesh size may be -1", sizes)
         for rule in self.rules.split():
             name, _, axes = rule.partition("=")
@@ -373,5 +380,10 @@ def load(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ExperimentC
     return from_dict(apply_overrides(raw, overrides))
 
 
+def dumps(config: ExperimentConfig) -> str:
+    """The config as YAML text (what `save` writes and `load` reads)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save(config: ExperimentConfig, path: str | pathlib.Path) -> None:
-    pathlib.Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    pathlib.Path(path).write_text(dumps(config))

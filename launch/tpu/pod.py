@@ -72,10 +72,11 @@ def create_steps(args) -> list[Step]:
 
 
 def install_steps(args) -> list[Step]:
-    """Ship the committed tree (git archive HEAD) to every worker and pip-install it there."""
+    """Ship the committed tree (git archive HEAD) to every worker and pip-install it there, with
+    gcsfs, through which orbax and the loop write a gs:// run directory."""
     tpu, archive = Slice(args), str(archive_path(args.name))
     remote = (f"mkdir -p {REMOTE_DIR} && tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR} && "
-              f'python3 -m pip install --quiet -e {REMOTE_DIR} "{JAX_TPU}"')
+              f'python3 -m pip install --quiet -e {REMOTE_DIR} "{JAX_TPU}" gcsfs')
     return [
         Step("install: pack the repository",
              ["git", "-C", str(REPO), "archive", "--format=tar.gz", "-o", archive, "HEAD"]),

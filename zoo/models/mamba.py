@@ -21,7 +21,12 @@ from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mamba2 import Mamba2Mixer
 from zoo.layers.params import rms_norm
 from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
-from zoo.models.transformer import Block, Transformer, TransformerLM, _positions
+from zoo.models.transformer import (RESIDUAL, Block, Transformer, TransformerLM, _positions,
+                                    constrain_kv)
+from zoo.parallel import constrain
+
+SSM_CONV = (None, "batch", None, None)  # [Lm, B, w - 1, C]
+SSM_STATE = (None, "batch", "ssm_heads", None, None)  # [Lm, B, H, P, N]
 
 
 @flax.struct.dataclass
@@ -81,7 +86,7 @@ class HybridBackbone(Transformer):
         `parents`: the tokens are tree nodes; attention is the new (k, v), mamba the pending
         pieces of each Mamba2 layer. Either is None when the model has no such layer.
         """
-        x = self.embed(tokens)
+        x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         attention, mamba = [], []
         for kind, block in zip(self.config.layers, self.blocks):
             if kind == "a":
@@ -97,6 +102,7 @@ class HybridBackbone(Transformer):
                 i = len(mamba)
                 x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], parents)
                 mamba.append(pending)
+            x = constrain(self.layout, x, RESIDUAL)
         logits, hidden = self.head(x)
         return logits, hidden, (_stack(attention), _stack(mamba))
 
@@ -108,7 +114,12 @@ class MambaLM(TransformerLM):
 
     @property
     def module(self) -> HybridBackbone:
-        return HybridBackbone(self.config, self.kernel_backend)
+        return HybridBackbone(self.config, self.kernel_backend, self.layout)
+
+    def constrain_cache(self, cache: HybridCache) -> HybridCache:
+        ssm = SSMCache(constrain(self.layout, cache.ssm.conv, SSM_CONV),
+                       constrain(self.layout, cache.ssm.state, SSM_STATE))
+        return HybridCache(constrain_kv(self.layout, cache.kv), ssm)
 
     def _counts(self):
         return self.config.layers.count("a"), self.config.layers.count("m")
@@ -144,7 +155,7 @@ class MambaLM(TransformerLM):
             kv = KVCache(kv.k.at[:, :, :, :t].set(k), kv.v.at[:, :, :, :t].set(v), kv.lengths)
         ssm = cache.ssm if mamba is None else SSMCache(mamba[0].astype(cache.ssm.conv.dtype),
                                                        mamba[1])
-        return logits, hidden, HybridCache(KVCache(kv.k, kv.v, lengths), ssm)
+        return logits, hidden, self.constrain_cache(HybridCache(KVCache(kv.k, kv.v, lengths), ssm))
 
     def extend(self, params, cache: HybridCache, tokens, parents):
         parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
@@ -163,4 +174,4 @@ class MambaLM(TransformerLM):
         kv = commit_kv(cache.kv, pending.kv, path, n_accepted)
         ssm = cache.ssm if pending.ssm is None else commit_ssm(cache.ssm, pending.ssm, path,
                                                               n_accepted)
-        return HybridCache(kv, ssm)
+        return self.constrain_cache(HybridCache(kv, ssm))

@@ -16,6 +16,11 @@ from zoo.layers.attention import Attention, attention_mask
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.params import dense, rms_norm
+from zoo.parallel import Layout, constrain
+
+# Logical names of activation and cache dimensions (parameters name theirs in their initializers).
+RESIDUAL = ("batch", "length", None)
+KV_CACHE = (None, "batch", "kv_heads", None, None)  # [L, B, K, S, D]
 
 
 class Block(nn.Module):
@@ -46,6 +51,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     config: ModelConfig
     backend: str = "auto"
+    layout: Layout | None = None  # constrains the residual stream's sharding when set
 
     def setup(self):
         c = self.config
@@ -76,15 +82,21 @@ class Transformer(nn.Module):
         Without `cache`: full-sequence attention under `mask`. With `cache` (a KVCache) and
         `parents`: the tokens are tree nodes extending the committed cache.
         """
-        x = self.embed(tokens)
+        x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             context = None if cache is None else (cache.k[i], cache.v[i], cache.lengths, parents)
             x, (k, v) = block(x, positions, mask, context)
+            x = constrain(self.layout, x, RESIDUAL)
             ks.append(k)
             vs.append(v)
         logits, hidden = self.head(x)
         return logits, hidden, (jnp.stack(ks), jnp.stack(vs))
+
+
+def constrain_kv(layout: Layout | None, cache: KVCache) -> KVCache:
+    return KVCache(constrain(layout, cache.k, KV_CACHE), constrain(layout, cache.v, KV_CACHE),
+                   constrain(layout, cache.lengths, ("batch",)))
 
 
 def _positions(batch: int, length: int) -> jnp.ndarray:
@@ -97,10 +109,15 @@ class TransformerLM:
 
     config: ModelConfig
     kernel_backend: str = "auto"
+    layout: Layout | None = None  # a mesh: activations and caches are sharded over it
 
     @property
     def module(self) -> Transformer:
-        return Transformer(self.config, self.kernel_backend)
+        return Transformer(self.config, self.kernel_backend, self.layout)
+
+    def constrain_cache(self, cache: KVCache) -> KVCache:
+        """The cache sharded by batch row and KV head (a no-op without a layout)."""
+        return constrain_kv(self.layout, cache)
 
     @property
     def vocab_size(self) -> int:
@@ -140,7 +157,7 @@ class TransformerLM:
         cache = KVCache(cache.k.at[:, :, :, :t].set(k.astype(cache.k.dtype)),
                         cache.v.at[:, :, :, :t].set(v.astype(cache.v.dtype)),
                         jnp.asarray(lengths, jnp.int32))
-        return logits, hidden, cache
+        return logits, hidden, self.constrain_cache(cache)
 
     def extend(self, params, cache: KVCache, tokens, parents):
         parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
@@ -150,4 +167,4 @@ class TransformerLM:
         return logits, hidden, KVPending(k, v)
 
     def commit(self, cache: KVCache, pending: KVPending, path, n_accepted) -> KVCache:
-        return commit_kv(cache, pending, path, n_accepted)
+        return self.constrain_cache(commit_kv(cache, pending, path, n_accepted))

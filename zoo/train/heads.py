@@ -13,7 +13,6 @@ the loop's checkpoints, resume, NaN stop and SIGTERM handling for free.
 """
 
 import dataclasses
-import functools
 import pathlib
 from typing import Any
 
@@ -24,7 +23,7 @@ import optax
 from zoo.config import ConfigError, ExperimentConfig, first_difference
 from zoo.models import build_model
 from zoo.models.heads import DraftHeads, build_heads
-from zoo.train.steps import TrainState, apply_gradients
+from zoo.train.steps import TrainState, apply_gradients, jit_eval_step, jit_train_step
 
 
 def teacher(target, target_params, inputs):
@@ -45,6 +44,12 @@ def head_losses(heads: DraftHeads, params, target_params, hidden, greedy):
     agree = jnp.argmax(logits, -1) == labels
     mask = jnp.broadcast_to(ahead + 1 < t, losses.shape)
     return losses, agree, mask
+
+
+def _bind_last(step, target_params):
+    """`step(a, b, target_params)` as `step(a, b)`, the target's params passed positionally
+    (jit matches explicit in_shardings to positional arguments only)."""
+    return lambda a, b: step(a, b, target_params)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,7 +87,15 @@ class HeadsObjective:
     def init(self, rng):
         return self.heads.init(rng, self.target_params)
 
-    def make_train_step(self, tx, schedule):
+    def logical_axes(self):
+        return self.heads.logical_axes()
+
+    def _target_params(self, shardings):
+        """The frozen target's params, replicated over the mesh when there is one."""
+        return (self.target_params if shardings is None
+                else jax.device_put(self.target_params, shardings.replicated))
+
+    def make_train_step(self, tx, schedule, shardings=None):
         heads, target = self.heads, self.target
 
         def loss_fn(params, target_params, hidden, greedy):
@@ -90,7 +103,6 @@ class HeadsObjective:
             per_head = jnp.sum(losses * mask, (0, 1)) / jnp.maximum(mask.sum((0, 1)), 1)
             return per_head.mean()
 
-        @functools.partial(jax.jit, donate_argnums=0)
         def train_step(state: TrainState, batch, target_params):
             hidden, greedy = teacher(target, target_params, batch["inputs"])
             loss, grads = jax.value_and_grad(loss_fn)(state.params, target_params, hidden, greedy)
@@ -98,19 +110,22 @@ class HeadsObjective:
 
         # The target's params are a jit argument (not a closed-over constant baked into the
         # program), passed on every call.
-        return functools.partial(train_step, target_params=self.target_params)
+        replicated = () if shardings is None else (shardings.replicated,)
+        return _bind_last(jit_train_step(train_step, shardings, *replicated),
+                          self._target_params(shardings))
 
-    def make_eval_step(self):
+    def make_eval_step(self, shardings=None):
         heads, target = self.heads, self.target
 
-        @jax.jit
         def eval_step(params, batch, target_params):
             hidden, greedy = teacher(target, target_params, batch["inputs"])
             losses, agree, mask = head_losses(heads, params, target_params, hidden, greedy)
             return {"nats": jnp.sum(losses * mask, (0, 1)), "agree": jnp.sum(agree & mask, (0, 1)),
                     "count": jnp.sum(mask, (0, 1))}
 
-        return functools.partial(eval_step, target_params=self.target_params)
+        replicated = () if shardings is None else (shardings.replicated,)
+        return _bind_last(jit_eval_step(eval_step, shardings, *replicated),
+                          self._target_params(shardings))
 
     def summarize(self, totals: dict) -> dict:
         """Mean loss over heads, and each head's top-1 agreement with the target's greedy token

@@ -3,6 +3,11 @@
 `train(config)` is what `zoo-train` runs. Everything a resumed run needs (params, optimizer
 state, step, data position) is in the checkpoint, so training N steps, stopping, and resuming for
 N more gives the same losses as 2N uninterrupted steps.
+
+The state lives on the mesh of `config.mesh` (all devices of all processes), sharded by
+`zoo.parallel.Layout`; `data.batch_size` is the global batch, of which each process reads only
+its own rows. Process 0 writes the run's config, metrics and progress bar; every process takes
+part in checkpoint saves, which go wherever `train.run_dir` points (a shared disk or gs://).
 """
 
 import dataclasses
@@ -14,6 +19,8 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
+from jax.sharding import SingleDeviceSharding
 from tqdm.auto import tqdm
 
 from zoo import config as config_lib
@@ -21,8 +28,9 @@ from zoo.checkpoint import Checkpointer
 from zoo.data.packing import BatchIterator, PackedDataset, eval_batches, load_token_stream
 from zoo.models import build_model
 from zoo.models.heads import build_heads
+from zoo.parallel import Layout, ShardingError
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer
-from zoo.train.steps import LMObjective, init_state, summarize_eval
+from zoo.train.steps import LMObjective, StepShardings, init_state, summarize_eval
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,18 +77,49 @@ def evaluate(eval_step, params, batches, summarize=summarize_eval) -> dict:
     return summarize(totals)
 
 
-def build_objective(config: config_lib.ExperimentConfig):
-    """What `config` trains: the LM itself, or draft heads on a frozen target run (loaded here,
-    so a missing target fails before any other work)."""
+def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None = None):
+    """What `config` trains: the LM itself (its activations sharded over `layout`), or draft
+    heads on a frozen target run (loaded here, so a missing target fails before any other
+    work)."""
     if config.heads.kind == "none":
-        return LMObjective(build_model(config.model))
+        return LMObjective(build_model(config.model, layout=layout))
     from zoo.train.heads import HeadsObjective  # it loads runs with load_run below
     return HeadsObjective.from_config(config)
 
 
-def _append_jsonl(path: pathlib.Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def _append_jsonl(path: epath.Path, record: dict) -> None:
+    if jax.process_index() == 0:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def process_rows(global_batch: int) -> tuple[int, int]:
+    """(first row, row count) of this process's share of a global batch."""
+    count = jax.process_count()
+    if global_batch % count:
+        raise ShardingError(f"data.batch_size={global_batch} does not divide over "
+                            f"{count} processes")
+    rows = global_batch // count
+    return jax.process_index() * rows, rows
+
+
+def sharded_setup(config: config_lib.ExperimentConfig, objective, tx, layout: Layout):
+    """(step shardings, a function making the initial state on the mesh). Fails before any
+    allocation when a parameter or the batch does not divide over the mesh."""
+    key = jax.random.key(config.train.seed)
+    make = lambda: init_state(objective, tx, key)  # noqa: E731
+    shardings = StepShardings.for_state(jax.eval_shape(make), objective.logical_axes(), tx,
+                                        layout)
+    batch_axes = shardings.batch.spec[0]
+    if config.data.batch_size % layout.axis_size(batch_axes):
+        raise ShardingError(f"data.batch_size={config.data.batch_size} does not divide over "
+                            f"mesh axes {batch_axes} of size {layout.axis_size(batch_axes)}")
+    return shardings, jax.jit(make, out_shardings=shardings.state)
+
+
+def global_batch(batch: dict, sharding) -> dict:
+    """One process's rows of a batch -> global arrays split over the batch axes."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
@@ -88,25 +127,32 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     """Train `config`; `stop_at` ends this run early (checkpointed) at that step, as a preemption
     would, so a later `resume=True` run can continue to `config.train.steps`."""
     tc, dc = config.train, config.data
-    objective = build_objective(config)
-    run_dir = pathlib.Path(tc.run_dir)
+    layout = Layout.from_config(config.mesh)
+    objective = build_objective(config, layout)
+    tx = make_optimizer(tc)
+    schedule = learning_rate_schedule(tc)
+    shardings, make_state = sharded_setup(config, objective, tx, layout)
+    first_row, rows = process_rows(dc.batch_size)
+
+    run_dir = epath.Path(tc.run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     if checkpointer.latest_step() is not None and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (latest step "
                               f"{checkpointer.latest_step()}); pass --resume to continue it or "
                               "choose another train.run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(config, run_dir / "config.yaml")
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_lib.dumps(config))
     metrics_path = run_dir / "metrics.jsonl"
 
     train_data = PackedDataset(load_token_stream(dc.corpus, dc.data_dir, "train"), dc.seq_len)
     val_data = PackedDataset(load_token_stream(dc.corpus, dc.data_dir, "validation"), dc.seq_len)
-    batches = BatchIterator(train_data, dc.batch_size, seed=dc.seed, shuffle=dc.shuffle)
-    val_batches = eval_batches(val_data, dc.batch_size, tc.eval_batches)
+    batches = BatchIterator(train_data, rows, seed=dc.seed, shuffle=dc.shuffle,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    val_batches = [{k: v[first_row:first_row + rows] for k, v in batch.items()}
+                   for batch in eval_batches(val_data, dc.batch_size, tc.eval_batches)]
 
-    tx = make_optimizer(tc)
-    schedule = learning_rate_schedule(tc)
-    state = init_state(objective, tx, jax.random.key(tc.seed))
+    state = make_state()
     # The iterator position only means the same batches under the same data settings.
     data_identity = {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
                      "seed": dc.seed, "shuffle": dc.shuffle}
@@ -117,19 +163,21 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                 raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
                                  f"{data_state.get(key)!r} but the config says {value!r}")
         batches.set_state(data_state)
-    train_step, eval_step = objective.make_train_step(tx, schedule), objective.make_eval_step()
+    train_step = objective.make_train_step(tx, schedule, shardings)
+    eval_step = objective.make_eval_step(shardings)
+    to_global = lambda batch: global_batch(batch, shardings.batch)  # noqa: E731
 
     start = int(state.step)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     tokens_per_step = dc.batch_size * dc.seq_len
     result = TrainResult(start, {}, [], False)
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, desc="train", dynamic_ncols=True,
+               disable=not progress or jax.process_index() != 0)
     window_start, window_steps = time.perf_counter(), 0
     try:
         with _SigtermFlag() as sigterm:
             for step in range(start + 1, end + 1):
-                state, metrics = train_step(state, next(batches))
+                state, metrics = train_step(state, to_global(next(batches)))
                 metrics = jax.device_get(metrics)
                 loss = float(metrics["loss"])
                 if not (math.isfinite(loss) and metrics["params_finite"]):
@@ -152,8 +200,9 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                         "tokens_per_s": tok_s})
                     window_start, window_steps = time.perf_counter(), 0
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    record = {"step": step, **evaluate(eval_step, state.params, val_batches,
-                                                        objective.summarize)}
+                    record = {"step": step, **evaluate(
+                        eval_step, state.params, map(to_global, val_batches),
+                        objective.summarize)}
                     result.evals.append(record)
                     _append_jsonl(metrics_path, record)
                     bar.write(f"step {step}: " + format_metrics(record))
@@ -175,9 +224,11 @@ def format_metrics(record: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
 
 
-def load_run(run_dir: str | pathlib.Path, step: int | None = None):
-    """(config, params) of a training run directory, from its latest (or given) checkpoint.
-    For a draft-heads run the params are the heads' (its target is `config.heads.target_run`)."""
+def load_run(run_dir: str | pathlib.Path, step: int | None = None,
+             layout: Layout | None = None):
+    """(config, params) of a training run directory, from its latest (or given) checkpoint,
+    on one device or sharded over `layout`'s mesh, whatever mesh the run was trained on. For a
+    draft-heads run the params are the heads' (its target is `config.heads.target_run`)."""
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a zoo run directory (no config.yaml)")
@@ -186,6 +237,12 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None):
                else build_heads(config.heads, config.model))
     tx = make_optimizer(config.train)
     abstract = jax.eval_shape(lambda: init_state(trained, tx, jax.random.key(0)))
+    if layout is None:
+        shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), abstract)
+    else:
+        shardings = StepShardings.for_state(abstract, trained.logical_axes(), tx, layout).state
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
         state, _ = checkpointer.restore(abstract, step)

@@ -1,7 +1,11 @@
-"""The jitted train and eval steps. The train state is donated, so it is updated in place."""
+"""The jitted train and eval steps. The train state is donated, so it is updated in place.
+
+On a mesh the steps are jitted with explicit shardings (`StepShardings`): the state stays where
+`Layout` puts it from step to step, batches arrive split over the batch axes, metrics come back
+replicated. Without one, jit places everything on the default device.
+"""
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -25,6 +29,46 @@ def init_state(model, tx, rng) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
+@dataclasses.dataclass(frozen=True)
+class StepShardings:
+    """NamedShardings of the train state, of a batch and of replicated results."""
+
+    state: Any  # a TrainState of shardings
+    batch: Any  # one sharding for every array of a batch
+    replicated: Any
+
+    @classmethod
+    def for_state(cls, abstract_state: TrainState, logical_axes, tx, layout) -> "StepShardings":
+        """Params by their logical axes; optimizer moments like the params they belong to;
+        scalars (step, counts) replicated. Raises naming any parameter that does not divide."""
+        params = layout.shardings(abstract_state.params, logical_axes)
+        opt_state = optax.tree_map_params(
+            tx, lambda _, sharding: sharding, abstract_state.opt_state, params,
+            transform_non_params=lambda _: layout.replicated)
+        state = TrainState(layout.replicated, params, opt_state)
+        return cls(state, layout.sharding(("batch", None)), layout.replicated)
+
+    def jit_train_step(self, fn, *extra_in):
+        """jit `fn(state, batch, *extra) -> (state, metrics)`, donating the state."""
+        return jax.jit(fn, donate_argnums=0, in_shardings=(self.state, self.batch, *extra_in),
+                       out_shardings=(self.state, self.replicated))
+
+    def jit_eval_step(self, fn, *extra_in):
+        """jit `fn(params, batch, *extra) -> sums`."""
+        return jax.jit(fn, in_shardings=(self.state.params, self.batch, *extra_in),
+                       out_shardings=self.replicated)
+
+
+def jit_train_step(fn, shardings: StepShardings | None, *extra_in):
+    if shardings is None:
+        return jax.jit(fn, donate_argnums=0)
+    return shardings.jit_train_step(fn, *extra_in)
+
+
+def jit_eval_step(fn, shardings: StepShardings | None, *extra_in):
+    return jax.jit(fn) if shardings is None else shardings.jit_eval_step(fn, *extra_in)
+
+
 def token_losses(model, params, batch):
     """Per-target cross-entropy (nats, float32) and the mask of real (non-PAD) targets."""
     logits, _ = model.forward(params, batch["inputs"])
@@ -32,17 +76,16 @@ def token_losses(model, params, batch):
     return losses, batch["targets"] != PAD_ID
 
 
-def make_train_step(model, tx, schedule):
+def make_train_step(model, tx, schedule, shardings: StepShardings | None = None):
     def loss_fn(params, batch):
         losses, mask = token_losses(model, params, batch)
         return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
 
-    @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         return apply_gradients(state, loss, grads, tx, schedule)
 
-    return train_step
+    return jit_train_step(train_step, shardings)
 
 
 def apply_gradients(state: TrainState, loss, grads, tx, schedule):
@@ -55,14 +98,13 @@ def apply_gradients(state: TrainState, loss, grads, tx, schedule):
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_eval_step(model):
-    @jax.jit
+def make_eval_step(model, shardings: StepShardings | None = None):
     def eval_step(params, batch):
         losses, mask = token_losses(model, params, batch)
         return {"nats": jnp.sum(losses * mask), "targets": mask.sum(),
                 "bytes": jnp.sum(batch["targets"] < BYTE_VOCAB)}
 
-    return eval_step
+    return jit_eval_step(eval_step, shardings)
 
 
 def summarize_eval(totals: dict) -> dict:
@@ -76,8 +118,9 @@ class LMObjective:
     """What a plain LM run trains: the model's own next-token cross-entropy on the data.
 
     The loop trains any objective with this shape: `init(rng)` -> the trained params,
-    `make_train_step(tx, schedule)` and `make_eval_step()` as above (the eval step returns sums
-    over a batch), and `summarize(totals)` -> validation metrics. `zoo.train.heads` has the other
+    `logical_axes()` of those params, `make_train_step(tx, schedule, shardings)` and
+    `make_eval_step(shardings)` as above (the eval step returns sums over a batch), and
+    `summarize(totals)` -> validation metrics. `zoo.train.heads` has the other
     one: draft heads on a frozen target.
     """
 
@@ -86,11 +129,14 @@ class LMObjective:
     def init(self, rng):
         return self.model.init(rng)
 
-    def make_train_step(self, tx, schedule):
-        return make_train_step(self.model, tx, schedule)
+    def logical_axes(self):
+        return self.model.logical_axes()
 
-    def make_eval_step(self):
-        return make_eval_step(self.model)
+    def make_train_step(self, tx, schedule, shardings=None):
+        return make_train_step(self.model, tx, schedule, shardings)
+
+    def make_eval_step(self, shardings=None):
+        return make_eval_step(self.model, shardings)
 
     def summarize(self, totals: dict) -> dict:
         return summarize_eval(totals)

@@ -18,10 +18,11 @@ from conftest import REPO
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 
 CHECK = r"""
-import json, sys
+import json, sys, tempfile
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
 from conftest import tiny_model_config, tiny_ssm_config, loud_ssm_params
+from zoo.checkpoint import Checkpointer
 from zoo.config import MeshConfig, TrainConfig
 from zoo.data.tokenizer import PAD_ID
 from zoo.decode import ar, speculative
@@ -47,7 +48,8 @@ batches = [{"inputs": t[:, :-1], "targets": t[:, 1:]} for t in tokens]
 prompts = [[1, 2, 3, 1, 2], [4, 5, 6, 7]]
 
 out = {"devices": len(jax.devices()), "loss_diff": {}, "param_diff": {}, "tokens_equal": {},
-       "errors": {}}
+       "errors": {}, "restored": {}}
+saved = None
 for family, config in CONFIGS.items():
     model = build_model(config)
     make = lambda: init_state(model, tx, jax.random.key(0))
@@ -73,6 +75,22 @@ for family, config in CONFIGS.items():
         out["param_diff"][key] = max(jax.tree.leaves(jax.tree.map(
             lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.params,
             want_params)))
+        if family == "transformer":  # save on this mesh, restore onto the next one (resharded)
+            if saved is not None:
+                restored, _ = Checkpointer(saved, async_save=False).restore(
+                    jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                 state, shardings.state))
+                out["restored"][f"{saved_sizes} -> {sizes}"] = (
+                    restored.params["block_0"]["attn"]["q"]["kernel"].sharding
+                    == shardings.state.params["block_0"]["attn"]["q"]["kernel"]
+                    and bool(jax.tree.all(jax.tree.map(
+                        lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                        restored, saved_state))))
+            saved, saved_sizes = tempfile.mkdtemp() + "/ckpt", sizes
+            saved_state = jax.device_get(state)
+            checkpointer = Checkpointer(saved, async_save=False)
+            checkpointer.save(STEPS, state, {})
+            checkpointer.close()
         if sizes == (2, 2, 2):
             params = want_params if family == "transformer" else loud_ssm_params(want_params)
             sharded = jax.device_put(params, shardings.state.params)
@@ -120,6 +138,12 @@ def test_sharded_training_equals_single_device(eight_devices, family, sizes):
 def test_sharded_decoding_gives_the_unsharded_tokens(eight_devices, family):
     """AR and speculative (Token Recycling tree) decoding on data=2 x fsdp=2 x tensor=2."""
     assert eight_devices["tokens_equal"][family]
+
+
+def test_checkpoints_restore_resharded_onto_another_mesh(eight_devices):
+    """A transformer train state saved on each mesh restores onto the next, bit for bit, with
+    the new mesh's shardings."""
+    assert eight_devices["restored"] == {f"{a} -> {b}": True for a, b in zip(MESHES, MESHES[1:])}
 
 
 def test_dimensions_that_do_not_divide_over_the_mesh_are_named(eight_devices):

@@ -1,0 +1,72 @@
+"""`zoo-train --dry-run`: parameter count and per-device memory on a mesh of 8 simulated devices,
+and configs that do not divide over the mesh rejected by name."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+
+from zoo import config as config_lib
+from zoo.models import build_model
+
+from conftest import REPO
+
+TINY = "configs/experiments/tiny.yaml"
+EIGHT = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+SIZES = r"""
+import dataclasses, json, sys
+from zoo import config as config_lib
+from zoo.train import sizing
+out = {}
+for mesh in ("mesh.data=8", "mesh.data=1 mesh.fsdp=8"):
+    config = config_lib.load(sys.argv[1], mesh.split())
+    out[mesh] = dataclasses.asdict(sizing.size(config))
+print(json.dumps(out))
+"""
+
+
+def test_dry_run_sizes_follow_the_shardings():
+    done = subprocess.run([sys.executable, "-c", SIZES, TINY], cwd=REPO, env=EIGHT, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sizes = json.loads(done.stdout.strip().splitlines()[-1])
+    model = build_model(config_lib.load(REPO / TINY).model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    leaves = jax.tree.leaves(shapes)
+    count = sum(math.prod(a.shape) for a in leaves)
+    # fsdp=8 splits every dimension named "embed" eight ways and replicates the rest (norms).
+    axes = jax.tree.leaves(model.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+    split = sum(math.prod(a.shape) // (8 if "embed" in names else 1)
+                for a, names in zip(leaves, axes))
+    data, fsdp = sizes["mesh.data=8"], sizes["mesh.data=1 mesh.fsdp=8"]
+    assert data["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert data["parameters"] == fsdp["parameters"] == count
+    assert data["params_bytes"] == 4 * count  # replicated, float32
+    assert fsdp["params_bytes"] == 4 * split < data["params_bytes"] / 4
+    # AdamW keeps two moments per parameter, plus a step count or two.
+    assert 0 <= data["optimizer_bytes"] - 2 * data["params_bytes"] <= 16
+    assert 0 <= fsdp["optimizer_bytes"] - 2 * fsdp["params_bytes"] <= 16
+    assert data["batch_rows"] == fsdp["batch_rows"] == 1  # 8 rows over 8 devices
+    assert data["temp_bytes"] > 0 and fsdp["temp_bytes"] > 0
+
+
+def test_dry_run_cli_reports_and_rejects_what_does_not_divide():
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "launch.train", "--dry-run", "--devices", "8", "--config", TINY,
+         *args], cwd=REPO, text=True, capture_output=True, timeout=300)
+    ok = run("mesh.data=2", "mesh.fsdp=4")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "mesh data=2 x fsdp=4 x tensor=1 (8 devices)" in ok.stdout
+    assert "activations+temp" in ok.stdout and "optimizer state" in ok.stdout
+    bad = run("mesh.data=1", "mesh.tensor=8")
+    assert bad.returncode == 2
+    assert ("['block_0']['attn']['k']['kernel'] dimension 1 (kv_heads, size 2) does not divide "
+            "over mesh axis tensor of size 8") in bad.stderr
+    batch = run("mesh.data=8", "data.batch_size=12")
+    assert batch.returncode == 2
+    assert "data.batch_size=12 does not divide over mesh axes ('data', 'fsdp') of size 8" in \
+        batch.stderr

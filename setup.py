@@ -19,11 +19,15 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "psutil>=5.9",
+        "safetensors>=0.4",
     ],
-    extras_require={"test": ["pytest>=8", "scipy>=1.12"]},
+    # torch + transformers are the reference the export tests check zoo's logits against.
+    extras_require={"test": ["pytest>=8", "scipy>=1.12", "torch==2.13.0", "transformers>=5.0,<6"]},
     entry_points={"console_scripts": [
         "zoo-train=launch.train:main",
         "zoo-generate=launch.generate:main",
+        "zoo-export=launch.export:export_main",
+        "zoo-import=launch.export:import_main",
         "zoo-tpu=launch.tpu.pod:main",
     ]},
 )

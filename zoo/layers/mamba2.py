@@ -128,10 +128,14 @@ class Mamba2Mixer(nn.Module):
                 -jnp.exp(self.A_log.astype(jnp.float32)), self.D.astype(jnp.float32))
 
     def _output(self, y, z):
-        """Gated RMSNorm, RMSNorm(y * silu(z)), then the output projection."""
-        g = (y.reshape(*y.shape[:-2], self.d_inner) * nn.silu(z)).astype(jnp.float32)
+        """Gated RMSNorm, RMSNorm(y * silu(z)) over each B/C group's channels (as Mamba2's
+        reference and transformers normalise), then the output projection."""
+        lead = y.shape[:-2]
+        g = (y.reshape(*lead, self.d_inner) * nn.silu(z)).astype(jnp.float32)
+        g = g.reshape(*lead, self.n_groups, self.d_inner // self.n_groups)
         g = g * jax.lax.rsqrt(jnp.mean(g * g, axis=-1, keepdims=True) + self.norm_eps)
-        return self.out_proj((g * self.norm_scale.astype(jnp.float32)).astype(self.dtype))
+        g = g.reshape(*lead, self.d_inner) * self.norm_scale.astype(jnp.float32)
+        return self.out_proj(g.astype(self.dtype))
 
     def __call__(self, u, lengths=None):
         """u [B, L, E] from a zero state -> (out [B, L, E], (conv window, SSM state)) where the

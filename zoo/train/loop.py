@@ -93,6 +93,13 @@ def _append_jsonl(path: epath.Path, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def data_identity(dc: config_lib.DataConfig) -> dict:
+    """The data settings saved beside the iterator position, which only means the same batches
+    under the same settings."""
+    return {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
+            "seed": dc.seed, "shuffle": dc.shuffle}
+
+
 def process_rows(global_batch: int) -> tuple[int, int]:
     """(first row, row count) of this process's share of a global batch."""
     count = jax.process_count()
@@ -153,12 +160,10 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                    for batch in eval_batches(val_data, dc.batch_size, tc.eval_batches)]
 
     state = make_state()
-    # The iterator position only means the same batches under the same data settings.
-    data_identity = {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
-                     "seed": dc.seed, "shuffle": dc.shuffle}
+    identity = data_identity(dc)
     if resume and checkpointer.latest_step() is not None:
         state, data_state = checkpointer.restore(state)
-        for key, value in data_identity.items():
+        for key, value in identity.items():
             if data_state.get(key) != value:
                 raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
                                  f"{data_state.get(key)!r} but the config says {value!r}")
@@ -208,7 +213,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                     bar.write(f"step {step}: " + format_metrics(record))
                     window_start = time.perf_counter()  # tokens/s counts training only
                 if step % tc.checkpoint_every == 0 or step == end or sigterm.raised:
-                    checkpointer.save(step, state, {**batches.get_state(), **data_identity})
+                    checkpointer.save(step, state, {**batches.get_state(), **identity})
                 if sigterm.raised:
                     bar.write(f"SIGTERM: saved checkpoint at step {step}; exiting")
                     result.interrupted = True

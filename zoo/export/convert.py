@@ -1,0 +1,91 @@
+"""Whole-checkpoint conversions behind `zoo-export` and `zoo-import`: a zoo run directory
+(config.yaml + orbax checkpoints) <-> a Hugging Face folder."""
+
+import importlib
+import pathlib
+
+import dataclasses
+
+import jax
+
+from zoo import config as config_lib
+from zoo.checkpoint import Checkpointer
+from zoo.export import hf
+from zoo.parallel import Layout, ShardingError
+from zoo.train.steps import TrainState
+
+# zoo model family -> architecture module; Hugging Face model_type -> the same modules.
+BY_FAMILY = {"transformer": "llama", "mamba2": "mamba2", "hybrid": "hybrid"}
+BY_MODEL_TYPE = {"llama": "llama", "mamba2": "mamba2"}
+
+
+def architecture(family: str):
+    if family not in BY_FAMILY:
+        raise ValueError(f"no Hugging Face export for model family {family!r}")
+    return importlib.import_module(f"zoo.export.{BY_FAMILY[family]}")
+
+
+def architecture_of(hf_config: dict):
+    kind = hf_config.get("model_type")
+    if kind not in BY_MODEL_TYPE:
+        raise hf.CheckpointMismatch(f"config.json model_type {kind!r}: zoo imports "
+                                    f"{sorted(BY_MODEL_TYPE)}")
+    return importlib.import_module(f"zoo.export.{BY_MODEL_TYPE[kind]}")
+
+
+def _spread_layout(config: config_lib.ExperimentConfig) -> Layout | None:
+    """Params split over all local devices (fsdp), so no device ever holds them all; None
+    (one device) when the sizes do not divide."""
+    try:
+        layout = Layout.from_config(config_lib.MeshConfig(data=1, fsdp=-1, rules=config.mesh.rules))
+        from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
+        model = build_model(config.model)
+        layout.shardings(jax.eval_shape(model.init, jax.random.key(0)), model.logical_axes())
+        return layout
+    except ShardingError:
+        return None
+
+
+def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None,
+               max_shard_bytes: int = 2 * 2**30) -> list[str]:
+    """Write the run's latest (or `step`) params as a Hugging Face folder; the file names."""
+    from zoo.train.loop import load_run  # noqa: PLC0415
+
+    config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
+    if config.heads.kind != "none":
+        raise ValueError(f"{run_dir} is a draft-heads run; export its target LM instead")
+    module = architecture(config.model.family)
+    _, params = load_run(run_dir, step, layout=_spread_layout(config))
+    return hf.write(out_dir, module.hf_config(config.model), module.tensor_map(config.model),
+                    params, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = None):
+    """A zoo run directory holding the Hugging Face checkpoint's weights as step 0 (fresh
+    optimizer state), so `zoo-generate --checkpoint out_dir` decodes with it and `zoo-train
+    --resume` fine-tunes it. Returns its config."""
+    hf_config = hf.read_config(hf_dir)
+    module = architecture_of(hf_config)
+    model_config = module.zoo_config(hf_config)
+    base = experiment or config_lib.ExperimentConfig()
+    config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
+        base.train, run_dir=str(out_dir)))
+    params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype)
+    params = jax.tree.map(jax.numpy.asarray, params)
+    from zoo.train.loop import data_identity  # noqa: PLC0415
+    from zoo.train.optimizer import make_optimizer  # noqa: PLC0415
+
+    tx = make_optimizer(config.train)
+    state = TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+    out = pathlib.Path(out_dir)
+    checkpointer = Checkpointer(out / "checkpoints", async_save=False)
+    if checkpointer.latest_step() is not None:
+        checkpointer.close()
+        raise FileExistsError(f"{out} already holds checkpoints; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    config_lib.save(config, out / "config.yaml")
+    try:
+        checkpointer.save(0, state, {"position": 0, **data_identity(config.data)})
+    finally:
+        checkpointer.close()
+    return config

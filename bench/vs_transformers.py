@@ -1,0 +1,164 @@
+"""The same weights in zoo (JAX) and in transformers (PyTorch) on this CPU: AR greedy decoding at
+batch 1 and 8, each side's speculative decoding (transformers: assisted generation with the
+draft LM, prompt lookup decoding; zoo: its draft-LM chain and prompt lookup), and a training
+step.
+
+    python bench/vs_transformers.py [--target configs/experiments/code_ref.yaml]
+
+The target and the draft LM (code_draft) are trained once (runs/bench) and exported with
+zoo-export; transformers loads the folders in float32. Greedy rows also check both sides emit
+the same tokens. Both sides run with EOS off, so every row decodes exactly --new-tokens tokens.
+"""
+
+import argparse
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
+from speculative import prompts_from_corpus  # noqa: E402
+
+from launch.drafter_factory import ensure_trained, make_drafter  # noqa: E402
+from zoo import config as config_lib  # noqa: E402
+from zoo.data.tokenizer import PAD_ID  # noqa: E402
+from zoo.decode import ar, speculative  # noqa: E402
+from zoo.decode.sampling import Sampler  # noqa: E402
+from zoo.export.convert import export_run  # noqa: E402
+from zoo.models import build_model  # noqa: E402
+from zoo.train.loop import load_run  # noqa: E402
+from zoo.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
+from zoo.train.steps import init_state, make_train_step  # noqa: E402
+
+CODE_REF = "configs/experiments/code_ref.yaml"
+DRAFT = "configs/experiments/code_draft.yaml"
+
+
+def hf_generate(model, prompts, n, **kwargs) -> np.ndarray:
+    """Greedy continuation of left-padded prompts -> int[B, n]."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD_ID] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                             min_new_tokens=n, eos_token_id=None, pad_token_id=PAD_ID, **kwargs)
+    return out[:, width:].numpy()
+
+
+def timed(fn, repeats):
+    out = fn()  # compile / warm up
+    return out, median_seconds(fn, repeats=repeats, warmup=0)
+
+
+def train_step_rates(config, repeats) -> tuple[float, float]:
+    """Training tokens/s of one AdamW step, zoo (jitted) and PyTorch (eager, same model)."""
+    dc = config.data
+    tokens = np.random.default_rng(0).integers(0, 256, (dc.batch_size, dc.seq_len + 1))
+    model = build_model(config.model)
+    tx = make_optimizer(config.train)
+    step = make_train_step(model, tx, learning_rate_schedule(config.train))
+    state = [init_state(model, tx, jax.random.key(0))]
+    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
+
+    def zoo_step():
+        state[0], metrics = step(state[0], batch)
+        jax.block_until_ready(metrics)
+
+    zoo_s = median_seconds(zoo_step, repeats=repeats, warmup=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        from zoo.export import hf, llama
+        hf.write(tmp, llama.hf_config(config.model), llama.tensor_map(config.model),
+                 model.init(jax.random.key(0)))
+        torch_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    torch_model.train()
+    opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-4)
+    inputs, targets = torch.tensor(tokens[:, :-1]), torch.tensor(tokens[:, 1:])
+
+    def torch_step():
+        loss = torch.nn.functional.cross_entropy(
+            torch_model(inputs).logits.flatten(0, 1), targets.flatten())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        opt.step()
+
+    torch_s = median_seconds(torch_step, repeats=repeats, warmup=2)
+    n = dc.batch_size * dc.seq_len
+    return n / zoo_s, n / torch_s
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", default=CODE_REF)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ensure_trained(args.target, DRAFT)
+    target_cfg = config_lib.load(args.target)
+    config, params = load_run(target_cfg.train.run_dir)
+    model = build_model(config.model)
+    draft_run = config_lib.load(DRAFT).train.run_dir
+    hf_dir = pathlib.Path(tempfile.mkdtemp())
+    export_run(target_cfg.train.run_dir, hf_dir / "target")
+    export_run(draft_run, hf_dir / "draft")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_dir / "target",
+                                                               dtype=torch.float32).eval()
+    their_draft = transformers.AutoModelForCausalLM.from_pretrained(hf_dir / "draft",
+                                                                    dtype=torch.float32).eval()
+    n = args.new_tokens
+    prompts = prompts_from_corpus(config.data.corpus, config.data.data_dir, 8)
+    kw = dict(max_new_tokens=n, eos_id=-1, pad_id=PAD_ID)
+    rows, payload = [], {"target": args.target, "machine": machine(), "rows": []}
+
+    def add(what, batch, ours, theirs_out, zoo_s, hf_s):
+        same = bool(np.array_equal(np.asarray(ours), theirs_out))
+        tokens = batch * n
+        rows.append([what, batch, f"{tokens / zoo_s:,.0f}", f"{tokens / hf_s:,.0f}",
+                     f"{hf_s / zoo_s:.2f}x", "yes" if same else "no"])
+        payload["rows"].append({"what": what, "batch": batch, "zoo_tokens_per_s": tokens / zoo_s,
+                                "hf_tokens_per_s": tokens / hf_s, "same_tokens": same})
+        print(rows[-1], flush=True)
+
+    for batch in (1, 8):
+        p = prompts[:batch]
+        ours, zoo_s = timed(lambda: ar.generate(model, params, p, **kw).tokens, args.repeats)
+        hf_out, hf_s = timed(lambda: hf_generate(theirs, p, n), args.repeats)
+        add("AR greedy", batch, ours, hf_out, zoo_s, hf_s)
+
+    sampler = Sampler(0.0)
+    p = prompts[:1]
+    for what, drafter_name, tree, hf_kwargs in (
+            ("draft LM (zoo chain4 / HF assisted)", "draft", "chain4",
+             {"assistant_model": their_draft}),
+            ("prompt lookup (zoo chain6 / HF 6 tokens)", "prompt_lookup", "chain6",
+             {"prompt_lookup_num_tokens": 6})):
+        drafter, drafter_params = make_drafter(drafter_name, tree=tree, target_config=config,
+                                               target_params=params, sampler=sampler,
+                                               draft_run=draft_run)
+        ours, zoo_s = timed(lambda: speculative.generate(
+            model, params, p, drafter=drafter, drafter_params=drafter_params, **kw).tokens,
+            args.repeats)
+        hf_out, hf_s = timed(lambda: hf_generate(theirs, p, n, **hf_kwargs), args.repeats)
+        add(what, 1, ours, hf_out, zoo_s, hf_s)
+
+    zoo_rate, torch_rate = train_step_rates(config, args.repeats)
+    dc = config.data
+    rows.append([f"train step (AdamW, {dc.batch_size} x {dc.seq_len})", dc.batch_size,
+                 f"{zoo_rate:,.0f}", f"{torch_rate:,.0f}", f"{zoo_rate / torch_rate:.2f}x", "—"])
+    payload["train"] = {"zoo_tokens_per_s": zoo_rate, "torch_tokens_per_s": torch_rate}
+    table = markdown_table(["what", "batch", "zoo tokens/s", "transformers tokens/s",
+                            "zoo / transformers", "same tokens"], rows)
+    print(table)
+    write_result("vs_transformers", payload, table)
+
+
+if __name__ == "__main__":
+    main()

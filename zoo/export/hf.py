@@ -33,7 +33,9 @@ class CheckpointMismatch(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Tensor:
     """One Hugging Face tensor. `path` is the zoo param it comes from (None: a constant zoo does
-    not store, written as `constant` and required to equal it on import)."""
+    not store, written as `constant` and required to equal it on import), or a subtree of params
+    when one tensor fuses several (e.g. gate + up): to_hf then takes, and from_hf returns, that
+    dict."""
 
     name: str
     shape: tuple[int, ...]
@@ -52,7 +54,11 @@ def get_path(tree, path):
 def set_path(tree: dict, path, value) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+    if isinstance(value, dict):  # a fused tensor's subtree: merge beside its siblings
+        for key, sub in value.items():
+            set_path(tree.setdefault(path[-1], {}), (key,), sub)
+    else:
+        tree[path[-1]] = value
 
 
 def write(out_dir, hf_config: dict, tensors: list[Tensor], params, dtype: str = "float32",
@@ -68,7 +74,8 @@ def write(out_dir, hf_config: dict, tensors: list[Tensor], params, dtype: str = 
         if t.path is None:
             array = np.full(t.shape, t.constant, np.float32)
         else:  # one parameter at a time, gathered from wherever it is sharded
-            array = t.to_hf(np.asarray(jax.device_get(get_path(params, t.path)), np.float32))
+            array = t.to_hf(jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32),
+                                         get_path(params, t.path)))
         if array.shape != t.shape:
             raise CheckpointMismatch(f"{t.name}: zoo param {'/'.join(t.path)} maps to shape "
                                      f"{array.shape}, expected {t.shape}")
@@ -141,7 +148,8 @@ def read(hf_dir, tensors: list[Tensor], param_dtype: str = "float32") -> dict:
                         f"{hf_dir}: tensor {t.name} must be all {t.constant} for a zoo model "
                         "(zoo has no parameter for it)")
                 continue
-            set_path(params, t.path, t.from_hf(array).astype(DTYPES[param_dtype]))
+            set_path(params, t.path, jax.tree.map(lambda a: a.astype(DTYPES[param_dtype]),
+                                                  t.from_hf(array)))
     finally:
         handles.clear()
     return params

@@ -16,7 +16,7 @@ from zoo.train.steps import TrainState
 
 # zoo model family -> architecture module; Hugging Face model_type -> the same modules.
 BY_FAMILY = {"transformer": "llama", "mamba2": "mamba2", "hybrid": "hybrid"}
-BY_MODEL_TYPE = {"llama": "llama", "mamba2": "mamba2"}
+BY_MODEL_TYPE = {"llama": "llama", "mamba2": "mamba2", "granitemoehybrid": "hybrid"}
 
 
 def architecture(family: str):

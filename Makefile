@@ -31,6 +31,7 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/tree_attention.py
 	$(BIN)/python bench/ssm_tree_scan.py
 	$(BIN)/python bench/parallel.py
+	$(BIN)/python bench/vs_transformers.py
 	$(BIN)/python bench/speculative.py --target configs/experiments/code_mamba.yaml --batches 1
 	$(BIN)/python bench/speculative.py --target configs/experiments/code_hybrid.yaml --batches 1
 

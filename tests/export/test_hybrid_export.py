@@ -14,13 +14,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from zoo.data.tokenizer import PAD_ID
-from zoo.decode import ar
 from zoo.export import hf, hybrid
 from zoo.models import build_model
 
 from conftest import tiny_ssm_config
-from test_mamba2_export import random_params, torch_greedy, torch_logits, zoo_logits
+from hf_reference import assert_transformers_agrees, torch_logits, zoo_logits
+from test_mamba2_export import random_params
 
 CONFIGS = {  # pattern, KV heads, head dim, RoPE theta, SSM shapes, tying all vary
     "mam_gqa_untied": tiny_ssm_config("hybrid", rope_theta=500.0),
@@ -39,14 +38,8 @@ def test_exported_weights_give_transformers_the_same_logits_and_tokens(name, tmp
     config = CONFIGS[name]
     model = build_model(config)
     params = random_params(model)
-    hf.write(tmp_path, hybrid.hf_config(config), hybrid.tensor_map(config), params)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    assert type(theirs).__name__ == "GraniteMoeHybridForCausalLM"
-    ours = zoo_logits(model, params, TOKENS)
-    np.testing.assert_allclose(torch_logits(theirs, TOKENS), ours, atol=1e-4, rtol=0)
-    prompt = TOKENS[0, :11].tolist()
-    want = ar.generate(model, params, [prompt], max_new_tokens=20, eos_id=-1, pad_id=PAD_ID)
-    assert torch_greedy(theirs, prompt, 20) == want.tokens[0].tolist()
+    assert_transformers_agrees(hybrid, config, model, params, tmp_path,
+                               "GraniteMoeHybridForCausalLM", TOKENS, 11)
     back = hf.read(tmp_path, hybrid.tensor_map(config))  # the fused gate/up splits back
     jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
     back = hybrid.zoo_config(hf.read_config(tmp_path))  # all but the init scale round trips

@@ -11,14 +11,13 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from zoo.data.tokenizer import PAD_ID
-from zoo.decode import ar
 from zoo.export import hf, llama
 from launch.export import export_main, import_main
 from zoo.export.convert import import_hf
 from zoo.models import build_model
 
 from conftest import tiny_model_config
+from hf_reference import assert_transformers_agrees, torch_logits
 
 CONFIGS = {  # heads / KV heads / head dim / RoPE theta / tied embeddings all vary
     "gqa_untied": tiny_model_config(n_heads=4, n_kv_heads=2, rope_theta=500.0),
@@ -27,18 +26,6 @@ CONFIGS = {  # heads / KV heads / head dim / RoPE theta / tied embeddings all va
     "mqa_theta_1e6": tiny_model_config(n_heads=8, n_kv_heads=1, rope_theta=1e6, n_layers=3),
 }
 TOKENS = np.random.default_rng(0).integers(0, 256, (2, 24))
-
-
-def torch_logits(hf_model, tokens) -> np.ndarray:
-    with torch.no_grad():
-        return hf_model(torch.tensor(tokens)).logits.float().numpy()
-
-
-def torch_greedy(hf_model, prompt, n) -> list[int]:
-    with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,
-                                min_new_tokens=n, eos_token_id=None, pad_token_id=PAD_ID)
-    return out[0, len(prompt):].tolist()
 
 
 def random_params(model):
@@ -56,14 +43,8 @@ def test_exported_weights_give_transformers_the_same_logits_and_tokens(name, tmp
     config = CONFIGS[name]
     model = build_model(config)
     params = random_params(model)
-    hf.write(tmp_path, llama.hf_config(config), llama.tensor_map(config), params)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    assert type(theirs).__name__ == "LlamaForCausalLM"
-    ours = np.asarray(model.forward(params, TOKENS)[0])
-    np.testing.assert_allclose(torch_logits(theirs, TOKENS), ours, atol=1e-4, rtol=0)
-    prompt = TOKENS[0, :7].tolist()
-    want = ar.generate(model, params, [prompt], max_new_tokens=20, eos_id=-1, pad_id=PAD_ID)
-    assert torch_greedy(theirs, prompt, 20) == want.tokens[0].tolist()
+    assert_transformers_agrees(llama, config, model, params, tmp_path, "LlamaForCausalLM",
+                               TOKENS, 7)
 
 
 def test_bfloat16_export_loads_and_stays_close(tmp_path):

@@ -14,12 +14,11 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from zoo.data.tokenizer import PAD_ID
-from zoo.decode import ar
 from zoo.export import hf, mamba2
 from zoo.models import build_model
 
 from conftest import loud_ssm_params, tiny_ssm_config
+from hf_reference import assert_transformers_agrees, torch_logits, zoo_logits
 
 CONFIGS = {  # heads, head dim, groups, state size, conv width, expand, tying all vary
     "groups2_untied": tiny_ssm_config(),
@@ -30,22 +29,6 @@ CONFIGS = {  # heads, head dim, groups, state size, conv width, expand, tying al
                                          ssm_conv_width=2, n_layers=3),
 }
 TOKENS = np.random.default_rng(0).integers(0, 256, (2, 21))  # chunks of 8: 2 full + a part
-
-
-def zoo_logits(model, params, tokens) -> np.ndarray:
-    return np.asarray(jax.jit(model.forward)(params, tokens)[0])
-
-
-def torch_logits(hf_model, tokens) -> np.ndarray:
-    with torch.no_grad():
-        return hf_model(torch.tensor(tokens)).logits.float().numpy()
-
-
-def torch_greedy(hf_model, prompt, n) -> list[int]:
-    with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,
-                                min_new_tokens=n, eos_token_id=None, pad_token_id=PAD_ID)
-    return out[0, len(prompt):].tolist()
 
 
 def random_params(model, seed=0):
@@ -78,14 +61,8 @@ def test_exported_weights_give_transformers_the_same_logits_and_tokens(name, tmp
     config = CONFIGS[name]
     model = build_model(config)
     params = random_params(model)
-    hf.write(tmp_path, mamba2.hf_config(config), mamba2.tensor_map(config), params)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    assert type(theirs).__name__ == "Mamba2ForCausalLM"
-    ours = zoo_logits(model, params, TOKENS)
-    np.testing.assert_allclose(torch_logits(theirs, TOKENS), ours, atol=1e-4, rtol=0)
-    prompt = TOKENS[0, :11].tolist()
-    want = ar.generate(model, params, [prompt], max_new_tokens=20, eos_id=-1, pad_id=PAD_ID)
-    assert torch_greedy(theirs, prompt, 20) == want.tokens[0].tolist()
+    assert_transformers_agrees(mamba2, config, model, params, tmp_path, "Mamba2ForCausalLM",
+                               TOKENS, 11)
 
 
 def test_bfloat16_export_loads_and_stays_close(tmp_path):

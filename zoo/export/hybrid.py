@@ -33,6 +33,7 @@ import numpy as np
 from zoo.config import ModelConfig
 from zoo.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from zoo.export.hf import CheckpointMismatch, Tensor
+from zoo.export import llama
 from zoo.export.llama import MAX_POSITIONS, linear, linear_in
 from zoo.export.mamba2 import check_time_step_limit, mixer_tensors, require, transposed
 
@@ -71,11 +72,7 @@ def _rope_theta(hf: dict) -> float:
         raise CheckpointMismatch(f"config.json position_embedding_type="
                                  f"{hf.get('position_embedding_type')!r}: zoo's attention uses "
                                  "RoPE (needs 'rope')")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise CheckpointMismatch(f"config.json rope type {kind!r}: zoo implements plain RoPE only")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    return llama.rope_theta(hf)
 
 
 def zoo_config(hf: dict) -> ModelConfig:

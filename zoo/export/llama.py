@@ -29,7 +29,8 @@ def hf_config(config: ModelConfig) -> dict:
     }
 
 
-def _rope_theta(hf: dict) -> float:
+def rope_theta(hf: dict) -> float:
+    """theta of plain RoPE from a config.json; other rope types are refused."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind != "default":
@@ -49,7 +50,7 @@ def zoo_config(hf: dict) -> ModelConfig:
         n_kv_heads=hf.get("num_key_value_heads") or heads,
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         mlp_dim=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=_rope_theta(hf), tie_embeddings=hf.get("tie_word_embeddings", False))
+        rope_theta=rope_theta(hf), tie_embeddings=hf.get("tie_word_embeddings", False))
 
 
 def linear(name, path, n_in, out_dims):

@@ -2,12 +2,22 @@
 
 A tree of T nodes is `parents: int32[..., T]` in topological order (`parents[i] < i`, roots have
 -1). A chain is `[-1, 0, 1, ...]`. These helpers are jittable and batch over leading axes.
+
+Blocks. `parents[i] == SAME_BLOCK` (-2) puts node i in the block of node i - 1: the nodes of a
+block all see each other (bidirectional attention), as next-block prediction and block diffusion
+need. A plain block of T tokens is `[-1, -2, -2, ...]` (`block_parents(T)`); a block's children
+hang off its last node. Positions and causal structure treat a block as a chain (node i of a block
+is one deeper than node i - 1), so `node_depths` and `ancestor_mask` (what an SSM follows) see a
+chain, while `visible_mask` (what attention follows) adds the rest of each block. A parents array
+without -2 is an ordinary tree and every mask is unchanged.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+
+SAME_BLOCK = -2
 
 
 def _transitive_closure(rel: jnp.ndarray) -> jnp.ndarray:
@@ -28,23 +38,63 @@ def ancestor_mask(parents: jnp.ndarray) -> jnp.ndarray:
     tiny [T, T] matrix costs a thread-pool round trip (measured: the matmul form made a 4-node
     tree extend of a Mamba2 model 2x slower than a 1-node step).
     """
-    t = parents.shape[-1]
-    nodes = jnp.arange(t)
-    rel = (nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes)
+    nodes = jnp.arange(parents.shape[-1])
+    return _close(_parent_relation(as_chains(parents), nodes))
+
+
+def visible_mask(parents: jnp.ndarray) -> jnp.ndarray:
+    """`vis[..., i, j]` is True when node i attends to node j: j is i, an ancestor of i, or in
+    the block of i or of one of its ancestors. Equals `ancestor_mask` when there are no blocks."""
+    nodes = jnp.arange(parents.shape[-1])
+    rel = _parent_relation(as_chains(parents), nodes)
+    # A block continuation j also lets j - 1 see j, so a block's nodes reach each other.
+    forward = (parents[..., None, :] == SAME_BLOCK) & (nodes[None, :] == nodes[:, None] + 1)
+    return _close(rel | forward)
+
+
+def as_chains(parents: jnp.ndarray) -> jnp.ndarray:
+    """`parents` with every block written as a chain (SAME_BLOCK -> i - 1): the causal view."""
+    nodes = jnp.arange(parents.shape[-1], dtype=parents.dtype)
+    return jnp.where(parents == SAME_BLOCK, nodes - 1, parents)
+
+
+def _parent_relation(parents, nodes):
+    """"Self or parent" as a reflexive boolean relation [..., T, T]."""
+    return (nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes)
+
+
+def _close(rel: jnp.ndarray) -> jnp.ndarray:
+    """Transitive closure of a reflexive relation by pointer doubling, squaring with a boolean
+    and/any (see `ancestor_mask` for why not a matmul)."""
+    t = rel.shape[-1]
     for _ in range(math.ceil(math.log2(t)) if t > 1 else 0):
         rel = rel | jnp.any(rel[..., :, :, None] & rel[..., None, :, :], axis=-2)
     return rel
 
 
-def _ancestors_of_column(parent_col: jnp.ndarray) -> jnp.ndarray:
-    """`ancestor_mask` of one tree given as an int32[T, 1] column, with 2-D iotas only."""
+def block_parents(length: int) -> jnp.ndarray:
+    """The parents array of one block of `length` nodes that all see each other: [-1, -2, ...]."""
+    return jnp.full((length,), SAME_BLOCK, jnp.int32).at[0].set(-1)
+
+
+def _ancestors_of_column(parent_col: jnp.ndarray, blocks_visible: bool = False) -> jnp.ndarray:
+    """`ancestor_mask` (or with `blocks_visible`, `visible_mask`) of one tree given as an
+    int32[T, 1] column, with 2-D iotas and dots only."""
     t = parent_col.shape[0]
     row = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
-    return _transitive_closure((row == col) | (parent_col == col))
+    continues = parent_col == SAME_BLOCK  # [T, 1]
+    rel = (row == col) | (jnp.where(continues, row - 1, parent_col) == col)
+    if blocks_visible:
+        # back[i, j]: i continues j's block (j = i - 1); its transpose lets j see i. The
+        # transpose is an "I @ backᵀ" dot, as in `ancestor_masks_in_kernel`.
+        back = jnp.where(continues & (col == row - 1), 1.0, 0.0)
+        identity = jnp.where(row == col, 1.0, 0.0)
+        rel = rel | (jax.lax.dot_general(identity, back, (((1,), (1,)), ((), ()))) > 0)
+    return _transitive_closure(rel)
 
 
-def stacked_ancestor_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
+def stacked_visible_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
     """The tree mask as a kernel needs it, built inside the kernel from `parents`.
 
     parent_col: int32[T, 1] (one tree). Returns bool[n_rows, T]: row r is query node r % T, as
@@ -54,14 +104,15 @@ def stacked_ancestor_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
     than a tile or gather, which Triton cannot lower.
     """
     t = parent_col.shape[0]
-    anc = _ancestors_of_column(parent_col)
+    anc = _ancestors_of_column(parent_col, blocks_visible=True)
     node_of_row = jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 0) % t
     one_hot = jnp.where(node_of_row == jax.lax.broadcasted_iota(jnp.int32, (n_rows, t), 1), 1.0, 0.0)
     return jnp.matmul(one_hot, jnp.where(anc, 1.0, 0.0)) > 0
 
 
 def node_depths(parents: jnp.ndarray) -> jnp.ndarray:
-    """Depth of every node (roots have depth 0), as int32."""
+    """Depth of every node (roots have depth 0; node k of a block is k deeper than its start),
+    as int32."""
     return ancestor_mask(parents).sum(-1).astype(jnp.int32) - 1
 
 
@@ -75,7 +126,7 @@ def ancestor_masks_in_kernel(parent_col: jnp.ndarray) -> tuple[jnp.ndarray, jnp.
 
     parent_col: int32[T, 1]. Returns (anc, anc_t), bool[T, T] each, anc[i, j] True when node j is
     node i or one of its ancestors and anc_t[j, i] = anc[i, j]. Same technique as
-    `stacked_ancestor_mask`; the transpose is an "I @ ancᵀ" dot (exact for 0/1 entries in any
+    `stacked_visible_mask`; the transpose is an "I @ ancᵀ" dot (exact for 0/1 entries in any
     matmul precision), which Mosaic and Triton both compile for any tile, rather than an in-kernel
     transpose, whose Mosaic support depends on shape and dtype (boolean masks off the (8, 128)
     tile being the risky case).

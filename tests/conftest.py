@@ -59,11 +59,17 @@ def assert_speculative_equals_ar(model, params, prompts, drafter, drafter_params
 
 
 def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
-    """A parents array of a chain, a star or a random topologically ordered tree."""
+    """A parents array of a chain, a star, a random topologically ordered tree, one block of
+    nodes that all see each other, or a random tree of blocks (runs of SAME_BLOCK = -2)."""
     if kind == "chain":
         return np.arange(t) - 1
     if kind == "star":
         return np.array([-1] + [0] * (t - 1))
+    if kind == "block":
+        return np.array([-1] + [-2] * (t - 1))
+    if kind == "block_tree":
+        return np.array([-1] + [-2 if rng.random() < 0.6 else rng.integers(0, i)
+                                for i in range(1, t)])
     return np.array([-1] + [rng.integers(0, i) for i in range(1, t)])
 
 

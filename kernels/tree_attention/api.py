@@ -37,7 +37,8 @@ def resolve_backend(backend: str, q, k_cache) -> str:
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
                    backend: str = "auto"):
-    """Queries of T tree nodes attend to the committed cache and to their own ancestors.
+    """Queries of T tree nodes attend to the committed cache and to their own ancestors (and,
+    where `parents` marks blocks with `kernels.trees.SAME_BLOCK`, to their whole block).
 
     Shapes: q [B, T, H, D]; k_cache, v_cache [B, K, S, D] (head-major); cache_len int32[B];
     k_new, v_new [B, T, K, D]; parents int32[B, T]. Returns [B, T, H, D].

@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kernels.tree_attention import blocks
-from kernels.trees import stacked_ancestor_mask
+from kernels.trees import stacked_visible_mask
 
 DEFAULT_BLOCK_KV = 64
 
@@ -50,7 +50,7 @@ def _kernel(lens_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, par_ref, o_ref, *, 
     carry = (jnp.full((n_rows, 1), -jnp.inf, jnp.float32), jnp.zeros((n_rows, 1), jnp.float32),
              jnp.zeros((n_rows, d), jnp.float32))
     carry = jax.lax.fori_loop(0, pl.cdiv(length, block_kv), cache_block, carry)
-    m, l, acc = fold(carry, kn_ref[...], vn_ref[...], stacked_ancestor_mask(par_ref[...], n_rows))
+    m, l, acc = fold(carry, kn_ref[...], vn_ref[...], stacked_visible_mask(par_ref[...], n_rows))
     o_ref[...] = (acc / l).astype(o_ref.dtype)
 
 

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 
-from kernels.trees import ancestor_mask
+from kernels.trees import visible_mask
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None):
-    """Attention of T tree-node queries over the committed cache and their own ancestors.
+    """Attention of T tree-node queries over the committed cache and the nodes they see: their
+    ancestors, and the whole of their own block and of their ancestors' blocks.
 
     Args:
       q: [B, T, H, D] queries of the new nodes.
@@ -15,7 +16,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
         contiguous); only the first `cache_len[b]` positions count.
       cache_len: int32[B].
       k_new, v_new: [B, T, K, D] keys/values of the new nodes.
-      parents: int32[B, T] tree structure (see kernels/trees.py).
+      parents: int32[B, T] tree structure, blocks marked by SAME_BLOCK (see kernels/trees.py).
       scale: softmax scale, default 1/sqrt(D).
     Returns:
       [B, T, H, D] in q's dtype.
@@ -29,7 +30,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
     values = jnp.repeat(values, h // kv_heads, axis=2)
     in_cache = jnp.arange(s)[None, None, :] < cache_len[:, None, None]  # [B, 1, S]
     mask = jnp.concatenate(
-        [jnp.broadcast_to(in_cache, (b, t, s)), ancestor_mask(parents)], axis=-1)  # [B, T, S+T]
+        [jnp.broadcast_to(in_cache, (b, t, s)), visible_mask(parents)], axis=-1)  # [B, T, S+T]
     scores = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), keys.astype(jnp.float32)) * scale
     scores = jnp.where(mask[:, None], scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)

@@ -27,7 +27,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from kernels.backends import VMEM_BUDGET, round_up
 from kernels.tree_attention import blocks
-from kernels.trees import stacked_ancestor_mask
+from kernels.trees import stacked_visible_mask
 
 DEFAULT_BLOCK_KV = 512
 
@@ -84,7 +84,7 @@ def _kernel(lens_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, par_ref, o_ref, m_r
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _tree_and_output():
-        fold(kn_ref[...], vn_ref[...], stacked_ancestor_mask(par_ref[...], n_rows))
+        fold(kn_ref[...], vn_ref[...], stacked_visible_mask(par_ref[...], n_rows))
         o_ref[...] = (acc_ref[...] / l_ref[...]).astype(o_ref.dtype)
 
 

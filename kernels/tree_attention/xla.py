@@ -6,13 +6,13 @@ Differences from the reference, each to save memory traffic:
   * the cache and the new nodes are scored separately and joined by one softmax over both parts,
     so the [B, K, S, D] cache is never concatenated (copied);
   * grouped-query heads are reshaped to [K, G] so K/V are never repeated per query head;
-  * the cache mask is a [B, S] length test, the tree mask a [B, T, T] ancestor mask: no dense
+  * the cache mask is a [B, S] length test, the tree mask a [B, T, T] visibility mask: no dense
     [T, S + T] mask.
 """
 
 import jax.numpy as jnp
 
-from kernels.trees import ancestor_mask
+from kernels.trees import visible_mask
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None):
@@ -25,7 +25,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
     s_tree = jnp.einsum("btkgd,bukd->bkgtu", qg, k_new.astype(jnp.float32))
     in_cache = (jnp.arange(s)[None, :] < cache_len[:, None])[:, None, None, None, :]
     s_cache = jnp.where(in_cache, s_cache, -jnp.inf)
-    s_tree = jnp.where(ancestor_mask(parents)[:, None, None], s_tree, -jnp.inf)
+    s_tree = jnp.where(visible_mask(parents)[:, None, None], s_tree, -jnp.inf)
     # Every node attends at least to itself, so the joint max is finite.
     m = jnp.maximum(s_cache.max(-1, keepdims=True), s_tree.max(-1, keepdims=True))
     p_cache, p_tree = jnp.exp(s_cache - m), jnp.exp(s_tree - m)

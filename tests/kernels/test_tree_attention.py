@@ -4,30 +4,61 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.trees import ancestor_mask, chain_parents, node_depths
+from kernels.trees import (SAME_BLOCK, ancestor_mask, block_parents, chain_parents, node_depths,
+                           stacked_visible_mask, visible_mask)
 from kernels.tree_attention import tree_attention
 
 from conftest import random_parents
 
 
 def brute_force_ancestors(parents: np.ndarray) -> np.ndarray:
+    """Ancestors-or-self, a block read as a chain (SAME_BLOCK: the parent is the node before)."""
     t = len(parents)
     anc = np.zeros((t, t), bool)
     for i in range(t):
         j = i
         while j >= 0:
             anc[i, j] = True
-            j = parents[j]
+            j = j - 1 if parents[j] == SAME_BLOCK else parents[j]
     return anc
 
 
+def brute_force_visible(parents: np.ndarray) -> np.ndarray:
+    """Node i sees node j when j's block is i's block or the block of one of its ancestors
+    (a node outside any block is a block of one)."""
+    block = np.cumsum(parents != SAME_BLOCK) - 1
+    anc = brute_force_ancestors(parents)
+    return np.array([[anc[i, block == block[j]].any() for j in range(len(parents))]
+                     for i in range(len(parents))])
+
+
 @pytest.mark.parametrize("t", [1, 2, 7, 16, 33])
-@pytest.mark.parametrize("kind", ["chain", "star", "random"])
+@pytest.mark.parametrize("kind", ["chain", "star", "random", "block", "block_tree"])
 def test_ancestor_mask_and_depths(t, kind):
     parents = random_parents(np.random.default_rng(t), t, kind)
     anc = brute_force_ancestors(parents)
     np.testing.assert_array_equal(ancestor_mask(jnp.asarray(parents)), anc)
     np.testing.assert_array_equal(node_depths(jnp.asarray(parents)), anc.sum(1) - 1)
+    vis = brute_force_visible(parents)
+    np.testing.assert_array_equal(visible_mask(jnp.asarray(parents)), vis)
+    # The in-kernel form (2-D iotas and dots), stacked for 3 query heads.
+    stacked = stacked_visible_mask(jnp.asarray(parents, jnp.int32)[:, None], 3 * t)
+    np.testing.assert_array_equal(stacked, np.tile(vis, (3, 1)))
+    if kind in ("chain", "star", "random"):
+        np.testing.assert_array_equal(vis, anc)  # no blocks: attention follows the tree
+
+
+def test_block_semantics():
+    """A block sees itself whole; a node hanging off a block sees all of it, a sibling block
+    none of the other."""
+    np.testing.assert_array_equal(block_parents(3), [-1, -2, -2])
+    np.testing.assert_array_equal(node_depths(block_parents(4)), [0, 1, 2, 3])
+    assert visible_mask(block_parents(5)).all()
+    vis = np.asarray(visible_mask(jnp.array([-1, -2, 1, -2, 1, -2])))  # block {0,1}, then {2,3}, {4,5}
+    np.testing.assert_array_equal(vis, [
+        [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1]])
 
 
 def test_chain_parents():
@@ -52,7 +83,7 @@ def _case(seed, b, t, s, h, kv, d, kind, dtype):
 
 @pytest.mark.parametrize("b, t, s, h, kv, d", [
     (1, 1, 16, 4, 4, 16), (3, 7, 37, 4, 2, 32), (2, 16, 64, 8, 2, 64), (4, 5, 9, 2, 1, 16)])
-@pytest.mark.parametrize("kind", ["chain", "star", "random"])
+@pytest.mark.parametrize("kind", ["chain", "star", "random", "block", "block_tree"])
 def test_xla_equals_reference(b, t, s, h, kv, d, kind):
     args = _case(b * 100 + t, b, t, s, h, kv, d, kind, jnp.float32)
     want = tree_attention(*args, backend="reference")
@@ -84,6 +115,12 @@ def test_reference_semantics_on_a_hand_case():
     expected[0, [0, 1, 4]] = 1 / 3
     expected[1, [0, 1, 4, 5]] = 1 / 4
     expected[2, [0, 1, 4, 6]] = 1 / 4
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    # The same three nodes as one block: each sees the cache prefix and all three nodes.
+    out = tree_attention(zeros(t), zeros(s).transpose(0, 2, 1, 3), v_cache, jnp.array([2]),
+                         zeros(t), v_new, block_parents(t)[None], backend="reference")[0, :, 0]
+    expected = np.zeros((t, s + t))
+    expected[:, [0, 1, 4, 5, 6]] = 1 / 5
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 

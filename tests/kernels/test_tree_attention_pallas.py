@@ -28,7 +28,8 @@ KERNELS = {
 }
 
 # (batch, tree nodes T, cache slots S, query heads, KV heads, head dim, tree kind, dtype): every
-# batch 1-4, T in {1, 7, 16, 64}, GQA ratio 1/2/4, head dim 64/128, f32/bf16, chain/star/random.
+# batch 1-4, T in {1, 7, 16, 64}, GQA ratio 1/2/4, head dim 64/128, f32/bf16, chain/star/random
+# trees, one bidirectional block (next-block prediction) and trees of blocks.
 CASES = [
     (1, 1, 200, 4, 4, 64, "chain", jnp.float32),
     (2, 7, 300, 4, 2, 64, "random", jnp.float32),
@@ -37,6 +38,9 @@ CASES = [
     (2, 64, 64, 2, 2, 128, "chain", jnp.float32),
     (3, 7, 37, 8, 4, 128, "star", jnp.bfloat16),
     (1, 16, 260, 4, 1, 128, "random", jnp.float32),
+    (3, 16, 300, 4, 2, 64, "block", jnp.float32),
+    (2, 8, 200, 8, 2, 128, "block", jnp.bfloat16),
+    (2, 7, 140, 4, 1, 64, "block_tree", jnp.float32),
 ]
 
 

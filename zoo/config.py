@@ -128,21 +128,64 @@ class ModelConfig:
         return self.head_dim or self.d_model // self.n_heads
 
 
+TEXT_CORPORA = ("stdlib", "stdlib_small")  # zoo/data/code_corpus.py
+# zoo/data/video.py: clips of 16 frames of 16x16 pixels, a token per 2x2 patch (8x8 per frame).
+VIDEO_CORPORA = ("sprites", "sprites_small")
+VIDEO_FRAMES, VIDEO_ROW_TOKENS, VIDEO_FRAME_TOKENS = 16, 8, 64
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which corpus, how it is cut into sequences and how it is shuffled."""
+    """Which corpus, how it is cut into sequences and how it is shuffled.
 
-    corpus: str = "stdlib"  # TFDS builder config of zoo's code corpus: stdlib | stdlib_small
+    Text corpora are packed into one stream cut into windows; a video corpus gives one window
+    per clip, so `seq_len` plus the objective's shift must fit in a clip.
+    """
+
+    corpus: str = "stdlib"  # stdlib | stdlib_small (code) | sprites | sprites_small (video)
     data_dir: str = "~/tensorflow_datasets"
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per training sequence (model input)
     batch_size: int = 16
     shuffle: bool = True
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.corpus in ("stdlib", "stdlib_small"), "data.corpus",
-                 "must be one of ['stdlib', 'stdlib_small']", self.corpus)
+        corpora = [*TEXT_CORPORA, *VIDEO_CORPORA]
+        _require(self.corpus in corpora, "data.corpus", f"must be one of {corpora}", self.corpus)
         _positive(self, "data", "seq_len", "batch_size")
+
+    @property
+    def is_video(self) -> bool:
+        return self.corpus in VIDEO_CORPORA
+
+
+OBJECTIVES = ("lm", "next_block")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What a run trains, recorded with the run so that decoding follows it.
+
+    lm: next-token prediction, causal attention. next_block: next-block prediction (NBP) with
+    blocks of `block_size` tokens, bidirectional inside a block and causal across blocks;
+    position k of block b is trained on token k of block b + 1 (inputs shift by one block).
+    """
+
+    kind: str = "lm"  # lm | next_block
+    block_size: int = 1  # next_block: tokens per block (a text span; a video row or frame)
+
+    def __post_init__(self):
+        _require(self.kind in OBJECTIVES, "objective.kind", f"must be one of {list(OBJECTIVES)}",
+                 self.kind)
+        _positive(self, "objective", "block_size")
+        _require(self.kind == "next_block" or self.block_size == 1, "objective.block_size",
+                 f"must be 1 unless objective.kind is next_block (got kind {self.kind!r})",
+                 self.block_size)
+
+    @property
+    def shift(self) -> int:
+        """How far ahead of its input each target is: 1 token, or one block."""
+        return self.block_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +318,31 @@ class ExperimentConfig:
     decode: DecodeConfig = DecodeConfig()
     heads: HeadsConfig = HeadsConfig()
     mesh: MeshConfig = MeshConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+
+    def __post_init__(self):
+        """Rules that span sections."""
+        obj, data = self.objective, self.data
+        if obj.kind == "next_block":
+            _require(self.model.family == "transformer", "objective.kind", "next_block needs "
+                     "bidirectional attention inside blocks, which Mamba2 layers cannot give; "
+                     f"use model.family=transformer (got {self.model.family!r})", obj.kind)
+            _require(self.heads.kind == "none", "objective.kind",
+                     "next_block trains the model itself; draft heads need heads.kind=none",
+                     obj.kind)
+            _require(data.seq_len % obj.block_size == 0, "objective.block_size",
+                     f"must divide data.seq_len={data.seq_len} (blocks start at position 0)",
+                     obj.block_size)
+        if data.is_video:
+            _require(VIDEO_FRAME_TOKENS % obj.block_size == 0
+                     and obj.block_size % VIDEO_ROW_TOKENS == 0 or obj.block_size == 1,
+                     "objective.block_size", f"a video block is whole rows of a frame: a "
+                     f"multiple of {VIDEO_ROW_TOKENS} tokens dividing the frame's "
+                     f"{VIDEO_FRAME_TOKENS} (or 1 for next-token)", obj.block_size)
+            clip = VIDEO_FRAMES * VIDEO_FRAME_TOKENS
+            _require(data.seq_len + obj.shift <= clip, "data.seq_len",
+                     f"plus the objective's shift ({obj.shift}) must fit one clip of {clip} "
+                     f"tokens", data.seq_len)
 
 
 def first_difference(a, b) -> str | None:

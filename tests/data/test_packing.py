@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from zoo.data import code_corpus, packing
-from zoo.data.packing import BatchIterator, PackedDataset, eval_batches, pack_documents
+from zoo.data.packing import (BatchIterator, ClipDataset, PackedDataset, eval_batches,
+                              pack_documents)
 from zoo.data.tokenizer import BOS_ID, EOS_ID
 
 L = 4
@@ -46,6 +47,27 @@ def test_windows_are_shifted_by_one():
     assert w["inputs"].shape == w["targets"].shape == (3, L)
     np.testing.assert_array_equal(w["inputs"].ravel(), stream[: 3 * L])
     np.testing.assert_array_equal(w["targets"].ravel(), stream[1 : 3 * L + 1])
+
+
+def test_next_block_windows_shift_targets_by_a_block():
+    """Next-block prediction: token k of block b is the target of position k of block b - 1."""
+    stream = np.arange(50, dtype=np.uint16)
+    ds = PackedDataset(stream, 8, shift=4)
+    assert len(ds) == (50 - 4) // 8
+    w = ds.windows(np.array([2, 0]))
+    np.testing.assert_array_equal(w["inputs"][0], np.arange(16, 24))
+    np.testing.assert_array_equal(w["targets"][0], np.arange(20, 28))
+    np.testing.assert_array_equal(w["targets"][1].reshape(2, 4), w["inputs"][1].reshape(2, 4) + 4)
+
+
+def test_clip_windows_stay_inside_their_clip():
+    clips = np.arange(3 * 12).reshape(3, 12)
+    ds = ClipDataset(clips, seq_len=8, shift=4)
+    w = ds.windows(np.array([1]))
+    np.testing.assert_array_equal(w["inputs"][0], clips[1, :8])
+    np.testing.assert_array_equal(w["targets"][0], clips[1, 4:12])
+    with pytest.raises(ValueError, match="seq_len=9 plus shift=4 must fit a clip of 12"):
+        ClipDataset(clips, seq_len=9, shift=4)
 
 
 def test_too_short_stream_is_rejected():

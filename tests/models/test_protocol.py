@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.trees import chain_parents
+from kernels.trees import block_parents, chain_parents
 from zoo.models import build_model
 
 from conftest import loud_ssm_params, random_parents, tiny_model_config, tiny_ssm_config
@@ -131,3 +131,34 @@ def test_extend_backends_agree(any_model):
     chex.assert_trees_all_close(a, b, atol=_atol(model))
 
 
+
+
+def test_block_causal_prefill_and_block_extends_equal_block_causal_forward(tiny_model_and_params):
+    """Next-block decoding's path: a block-causal prefill of whole blocks, then one extend per
+    block (all nodes seeing each other) and a commit of all of it, per row at its own length,
+    give the logits of one block-causal forward over the whole sequence."""
+    model, params = tiny_model_and_params
+    s, tokens = 4, _tokens(10, (2, 20))
+    lengths = jnp.array([8, 4])  # whole blocks; row 1 is one block behind
+    logits, _, cache = model.prefill(params, tokens[:, :8], lengths, max_len=24,
+                                     mask="block_causal", block_size=s)
+    full, _ = model.forward(params, tokens, mask="block_causal", block_size=s)
+    chex.assert_trees_all_close(logits[0], full[0, :8], atol=1e-5)
+    chex.assert_trees_all_close(logits[1, :4], full[1, :4], atol=1e-5)
+    for step in range(2):
+        start = lengths + s * step
+        block = tokens[jnp.arange(2)[:, None], start[:, None] + jnp.arange(s)]
+        got, _, pending = model.extend(params, cache, block, block_parents(s))
+        for row in range(2):
+            at = int(start[row])
+            chex.assert_trees_all_close(got[row], full[row, at:at + s], atol=1e-5)
+        cache = model.commit(cache, pending, jnp.tile(jnp.arange(s), (2, 1)), jnp.array([s, s]))
+    np.testing.assert_array_equal(cache.lengths, lengths + 2 * s)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "hybrid"])
+def test_causal_only_models_reject_other_prefill_masks(family):
+    model = build_model(tiny_ssm_config(family))
+    with pytest.raises(ValueError, match="Mamba2 layers are causal; mask 'block_causal'"):
+        model.prefill(None, jnp.zeros((1, 4), jnp.int32), jnp.array([4]), 8,
+                      mask="block_causal", block_size=2)

@@ -27,40 +27,81 @@ def pack_documents(docs: list[str]) -> np.ndarray:
 
 
 class PackedDataset:
-    """Non-overlapping windows: window i maps stream[iL : iL+L] to targets stream[iL+1 : iL+L+1].
+    """Non-overlapping windows: window i maps stream[iL : iL+L] to targets
+    stream[iL+shift : iL+L+shift] (shift 1: next token; the block size: next block).
 
-    Consecutive windows share one token (a window's last target is the next window's first
-    input), so no token of the stream is left out of both inputs and targets.
+    Consecutive windows share `shift` tokens (a window's last targets are the next window's first
+    inputs), so no token of the stream is left out of both inputs and targets.
     """
 
-    def __init__(self, stream: np.ndarray, seq_len: int):
+    def __init__(self, stream: np.ndarray, seq_len: int, shift: int = 1):
         stream = np.asarray(stream)
         if stream.ndim != 1:
             raise ValueError(f"token stream must be 1-D, got shape {stream.shape}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be positive, got {seq_len}")
-        if len(stream) < seq_len + 1:
+        if seq_len < 1 or shift < 1:
+            raise ValueError(f"seq_len ({seq_len}) and shift ({shift}) must be positive")
+        if len(stream) < seq_len + shift:
             raise ValueError(
                 f"token stream has {len(stream)} tokens; one window of seq_len={seq_len} "
-                f"needs {seq_len + 1} (inputs plus the shifted target)"
+                f"needs {seq_len + shift} (inputs plus the target shifted by {shift})"
             )
         self.stream = stream
         self.seq_len = seq_len
+        self.shift = shift
 
     def __len__(self) -> int:
-        return (len(self.stream) - 1) // self.seq_len
+        return (len(self.stream) - self.shift) // self.seq_len
 
     def windows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The windows at `indices`, as {"inputs", "targets"}: int32[len(indices), seq_len]."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"window indices must lie in [0, {len(self)})")
-        offsets = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)
-        block = self.stream[offsets].astype(np.int32)
-        return {
-            "inputs": np.ascontiguousarray(block[:, :-1]),
-            "targets": np.ascontiguousarray(block[:, 1:]),
-        }
+        indices = _check_indices(indices, len(self))
+        offsets = indices[:, None] * self.seq_len + np.arange(self.seq_len + self.shift)
+        return _shifted(self.stream[offsets], self.seq_len, self.shift)
+
+
+class ClipDataset:
+    """One window per fixed-length example (a video clip): inputs clip[:L], targets
+    clip[shift:L+shift]. Clips are not packed: a clip's frames never mix with the next clip's."""
+
+    def __init__(self, clips: np.ndarray, seq_len: int, shift: int = 1):
+        clips = np.asarray(clips)
+        if clips.ndim != 2 or len(clips) == 0:
+            raise ValueError(f"clips must be a non-empty [N, tokens] array, got {clips.shape}")
+        if seq_len < 1 or shift < 1 or seq_len + shift > clips.shape[1]:
+            raise ValueError(f"seq_len={seq_len} plus shift={shift} must fit a clip of "
+                             f"{clips.shape[1]} tokens (and both be positive)")
+        self.clips, self.seq_len, self.shift = clips, seq_len, shift
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def windows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The clips at `indices`, as {"inputs", "targets"}: int32[len(indices), seq_len]."""
+        indices = _check_indices(indices, len(self))
+        return _shifted(self.clips[indices, : self.seq_len + self.shift], self.seq_len, self.shift)
+
+
+def _check_indices(indices, n: int) -> np.ndarray:
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
+        raise IndexError(f"window indices must lie in [0, {n})")
+    return indices
+
+
+def _shifted(block: np.ndarray, seq_len: int, shift: int) -> dict[str, np.ndarray]:
+    block = block.astype(np.int32)
+    return {"inputs": np.ascontiguousarray(block[:, :seq_len]),
+            "targets": np.ascontiguousarray(block[:, shift:seq_len + shift])}
+
+
+def load_dataset(corpus: str, data_dir: str, split: str, seq_len: int, shift: int = 1,
+                 is_video: bool = False):
+    """The windows of a corpus split: a PackedDataset of a text corpus's stream, or a ClipDataset
+    of a video corpus's clips."""
+    if is_video:
+        from zoo.data import video  # TFDS builder of the synthetic clips
+        return ClipDataset(video.load_clips(corpus, data_dir, split), seq_len, shift)
+    return PackedDataset(load_token_stream(corpus, data_dir, split), seq_len, shift)
 
 
 class BatchIterator:

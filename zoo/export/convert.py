@@ -85,7 +85,7 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     out.mkdir(parents=True, exist_ok=True)
     config_lib.save(config, out / "config.yaml")
     try:
-        checkpointer.save(0, state, {"position": 0, **data_identity(config.data)})
+        checkpointer.save(0, state, {"position": 0, **data_identity(config)})
     finally:
         checkpointer.close()
     return config

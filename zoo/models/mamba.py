@@ -124,10 +124,13 @@ class MambaLM(TransformerLM):
     def _counts(self):
         return self.config.layers.count("a"), self.config.layers.count("m")
 
-    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+    def _check_causal(self, mask: str):
         if mask != "causal":
             raise ValueError(f"a {self.config.family} model's Mamba2 layers are causal; mask "
                              f"{mask!r} needs an attention-only model")
+
+    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+        self._check_causal(mask)
         return super().forward(params, tokens, mask, block_size, segment_ids)
 
     def init_cache(self, batch: int, max_len: int) -> HybridCache:
@@ -140,7 +143,9 @@ class MambaLM(TransformerLM):
                              c.ssm_head_dim, c.ssm_state_dim, jnp.dtype(c.dtype))
         return HybridCache(kv, ssm)
 
-    def prefill(self, params, tokens, lengths, max_len: int):
+    def prefill(self, params, tokens, lengths, max_len: int, mask: str = "causal",
+                block_size: int = 0):
+        self._check_causal(mask)
         b, t = tokens.shape
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")

@@ -23,13 +23,16 @@ class DecodingModel(Protocol):
     def forward(self, params: Params, tokens: jnp.ndarray, **mask) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Training forward over whole sequences: (logits [B, T, V] float32, hidden [B, T, E])."""
 
-    def prefill(self, params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, max_len: int
+    def prefill(self, params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, max_len: int,
+                mask: str = "causal", block_size: int = 0
                 ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
-        """Left-aligned prompts with per-row lengths -> (logits, hidden, cache of `max_len`)."""
+        """Left-aligned prompts with per-row lengths -> (logits, hidden, cache of `max_len`);
+        `mask` as in `forward` (models with causal-only layers reject any other)."""
 
     def extend(self, params: Params, cache: Cache, tokens: jnp.ndarray, parents: jnp.ndarray
                ) -> tuple[jnp.ndarray, jnp.ndarray, Pending]:
-        """T new tokens per row, structured by `parents` [B, T], on top of the committed cache."""
+        """T new tokens per row, structured by `parents` [B, T], on top of the committed cache:
+        a chain, a token tree, or blocks whose nodes all see each other (`kernels.trees`)."""
 
     def commit(self, cache: Cache, pending: Pending, path: jnp.ndarray, n_accepted: jnp.ndarray
                ) -> Cache:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
-from zoo.data.packing import BatchIterator, PackedDataset, eval_batches, load_token_stream
+from zoo.data.packing import BatchIterator, eval_batches, load_dataset
 from zoo.models import build_model
 from zoo.models.heads import build_heads
 from zoo.parallel import Layout, ShardingError
@@ -81,8 +81,8 @@ def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None =
     """What `config` trains: the LM itself (its activations sharded over `layout`), or draft
     heads on a frozen target run (loaded here, so a missing target fails before any other
     work)."""
-    if config.heads.kind == "none":
-        return LMObjective(build_model(config.model, layout=layout))
+    if config.heads.kind == "none":  # next token, or next block (ObjectiveConfig)
+        return LMObjective(build_model(config.model, layout=layout), config.objective.block_size)
     from zoo.train.heads import HeadsObjective  # it loads runs with load_run below
     return HeadsObjective.from_config(config)
 
@@ -93,11 +93,12 @@ def _append_jsonl(path: epath.Path, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def data_identity(dc: config_lib.DataConfig) -> dict:
+def data_identity(config: config_lib.ExperimentConfig) -> dict:
     """The data settings saved beside the iterator position, which only means the same batches
-    under the same settings."""
+    under the same settings (and the same target shift: 1 token, or one block)."""
+    dc, shift = config.data, config.objective.shift
     return {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
-            "seed": dc.seed, "shuffle": dc.shuffle}
+            "seed": dc.seed, "shuffle": dc.shuffle, **({"shift": shift} if shift != 1 else {})}
 
 
 def process_rows(global_batch: int) -> tuple[int, int]:
@@ -152,15 +153,16 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
         (run_dir / "config.yaml").write_text(config_lib.dumps(config))
     metrics_path = run_dir / "metrics.jsonl"
 
-    train_data = PackedDataset(load_token_stream(dc.corpus, dc.data_dir, "train"), dc.seq_len)
-    val_data = PackedDataset(load_token_stream(dc.corpus, dc.data_dir, "validation"), dc.seq_len)
+    train_data, val_data = (load_dataset(dc.corpus, dc.data_dir, split, dc.seq_len,
+                                         config.objective.shift, dc.is_video)
+                            for split in ("train", "validation"))
     batches = BatchIterator(train_data, rows, seed=dc.seed, shuffle=dc.shuffle,
                             process_index=jax.process_index(), process_count=jax.process_count())
     val_batches = [{k: v[first_row:first_row + rows] for k, v in batch.items()}
                    for batch in eval_batches(val_data, dc.batch_size, tc.eval_batches)]
 
     state = make_state()
-    identity = data_identity(dc)
+    identity = data_identity(config)
     if resume and checkpointer.latest_step() is not None:
         state, data_state = checkpointer.restore(state)
         for key, value in identity.items():

@@ -69,16 +69,19 @@ def jit_eval_step(fn, shardings: StepShardings | None, *extra_in):
     return jax.jit(fn) if shardings is None else shardings.jit_eval_step(fn, *extra_in)
 
 
-def token_losses(model, params, batch):
-    """Per-target cross-entropy (nats, float32) and the mask of real (non-PAD) targets."""
-    logits, _ = model.forward(params, batch["inputs"])
+def token_losses(model, params, batch, block_size: int = 1):
+    """Per-target cross-entropy (nats, float32) and the mask of real (non-PAD) targets; with
+    `block_size` > 1 under a block-causal mask (next-block prediction)."""
+    mask = dict(mask="block_causal", block_size=block_size) if block_size > 1 else {}
+    logits, _ = model.forward(params, batch["inputs"], **mask)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     return losses, batch["targets"] != PAD_ID
 
 
-def make_train_step(model, tx, schedule, shardings: StepShardings | None = None):
+def make_train_step(model, tx, schedule, shardings: StepShardings | None = None,
+                    block_size: int = 1):
     def loss_fn(params, batch):
-        losses, mask = token_losses(model, params, batch)
+        losses, mask = token_losses(model, params, batch, block_size)
         return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
 
     def train_step(state: TrainState, batch):
@@ -98,9 +101,9 @@ def apply_gradients(state: TrainState, loss, grads, tx, schedule):
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_eval_step(model, shardings: StepShardings | None = None):
+def make_eval_step(model, shardings: StepShardings | None = None, block_size: int = 1):
     def eval_step(params, batch):
-        losses, mask = token_losses(model, params, batch)
+        losses, mask = token_losses(model, params, batch, block_size)
         return {"nats": jnp.sum(losses * mask), "targets": mask.sum(),
                 "bytes": jnp.sum(batch["targets"] < BYTE_VOCAB)}
 
@@ -115,7 +118,11 @@ def summarize_eval(totals: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class LMObjective:
-    """What a plain LM run trains: the model's own next-token cross-entropy on the data.
+    """What an LM run trains: the model's own cross-entropy on the data, predicting the next
+    token (block_size 1, causal) or the next block (next-block prediction: block-causal
+    attention over blocks of `block_size`; the data shift targets by one block, so position k
+    of block b is trained on token k of block b + 1). Either way the loss is the mean over the
+    predicted (non-PAD) tokens.
 
     The loop trains any objective with this shape: `init(rng)` -> the trained params,
     `logical_axes()` of those params, `make_train_step(tx, schedule, shardings)` and
@@ -125,6 +132,7 @@ class LMObjective:
     """
 
     model: Any  # a DecodingModel
+    block_size: int = 1  # 1: next token; > 1: next block
 
     def init(self, rng):
         return self.model.init(rng)
@@ -133,10 +141,10 @@ class LMObjective:
         return self.model.logical_axes()
 
     def make_train_step(self, tx, schedule, shardings=None):
-        return make_train_step(self.model, tx, schedule, shardings)
+        return make_train_step(self.model, tx, schedule, shardings, self.block_size)
 
     def make_eval_step(self, shardings=None):
-        return make_eval_step(self.model, shardings)
+        return make_eval_step(self.model, shardings, self.block_size)
 
     def summarize(self, totals: dict) -> dict:
         return summarize_eval(totals)

@@ -20,6 +20,7 @@ setup(
         "tqdm>=4.66",
         "psutil>=5.9",
         "safetensors>=0.4",
+        "pillow>=10",
     ],
     # torch + transformers are the reference the export tests check zoo's logits against.
     extras_require={"test": ["pytest>=8", "scipy>=1.12", "torch==2.13.0", "transformers>=5.0,<6"]},

@@ -8,10 +8,18 @@
 
 With --speculative the prompts are decoded twice, plainly and speculatively, and both outputs
 are printed with the measured speedup (greedy outputs are identical by construction).
+
+The run's objective picks the decoder: a next-block run (objective.kind next_block) emits a
+block per forward. A run on a video corpus continues held-out clips instead of prompts:
+
+    zoo-generate --checkpoint runs/sprites_nbp --clips 4 --given-frames 4 --out samples/
+      -> samples/grid.png (conditioning | generated frames, one row per clip), clip_<i>.gif,
+         frames/s and the consistency score of the generated frames
 """
 
 import argparse
 import dataclasses
+import functools
 import pathlib
 import sys
 import time
@@ -30,7 +38,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="zoo-generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run directory written by zoo-train")
-    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts = parser.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", help="one prompt (\\n is a newline)")
     prompts.add_argument("--prompts-file", help="a file with one prompt per line")
     parser.add_argument("--max-new-tokens", type=int, help="default: the run's decode config")
@@ -53,9 +61,18 @@ def main(argv=None) -> int:
     parser.add_argument("--draft-checkpoint",
                         help="run directory of the draft LM (draft*) or of the heads (medusa, "
                              "hydra)")
+    video = parser.add_argument_group("video runs")
+    video.add_argument("--clips", type=int, default=4, help="validation clips to continue")
+    video.add_argument("--given-frames", type=int, default=4, help="conditioning frames per clip")
+    video.add_argument("--frames", type=int, help="frames per clip, given + generated (default: "
+                                                  "as many as the run was trained on)")
+    video.add_argument("--out", help="where to write grid.png and the GIFs (default: "
+                                     "<checkpoint>/samples)")
     args = parser.parse_args(argv)
 
-    if args.prompt is not None:
+    if args.prompt is None and args.prompts_file is None:
+        texts = None  # a video run continues clips; a text run needs prompts (checked below)
+    elif args.prompt is not None:
         texts = [args.prompt.replace("\\n", "\n")]
     else:
         path = pathlib.Path(args.prompts_file)
@@ -68,7 +85,7 @@ def main(argv=None) -> int:
 
     from launch.drafter_factory import make_drafter
     from zoo.data.tokenizer import ByteTokenizer
-    from zoo.decode import ar, speculative
+    from zoo.decode import ar, next_block, speculative
     from zoo.decode.sampling import Sampler
     from zoo.models import build_model
     from zoo.train.loop import load_run
@@ -82,6 +99,13 @@ def main(argv=None) -> int:
         pick = lambda value, default: default if value is None else value  # noqa: E731
         sampler = Sampler(pick(args.temperature, dc.temperature), pick(args.top_k, dc.top_k),
                           pick(args.top_p, dc.top_p))
+        if config.data.is_video:
+            return _continue_clips(args, config, params, sampler, pick(args.seed, dc.seed))
+        if texts is None:
+            raise ValueError("give --prompt or --prompts-file (this is a text run)")
+        if args.speculative and config.objective.kind != "lm":
+            raise ValueError(f"--speculative verifies a next-token model; this run's objective "
+                             f"is {config.objective.kind!r}")
         drafter = drafter_params = None
         if args.speculative:
             drafter, drafter_params = make_drafter(
@@ -96,9 +120,12 @@ def main(argv=None) -> int:
     kwargs = dict(max_new_tokens=pick(args.max_new_tokens, dc.max_new_tokens), sampler=sampler,
                   rng=jax.random.key(pick(args.seed, dc.seed)), eos_id=tok.eos_id,
                   pad_id=tok.pad_id)
+    decoder = ar.generate
+    if config.objective.kind == "next_block":
+        decoder = functools.partial(next_block.generate, block_size=config.objective.block_size)
     try:
-        out, compile_s, seconds = _timed(lambda: ar.generate(model, params, prompt_ids,
-                                                             max_len=dc.max_len, **kwargs))
+        out, compile_s, seconds = _timed(lambda: decoder(model, params, prompt_ids,
+                                                         max_len=dc.max_len, **kwargs))
         if drafter is not None:
             spec, spec_compile_s, spec_seconds = _timed(lambda: speculative.generate(
                 model, params, prompt_ids, drafter=drafter, drafter_params=drafter_params,
@@ -113,8 +140,11 @@ def main(argv=None) -> int:
             print(f"--- speculative completion ({args.speculative}) ---\n"
                   f"{tok.decode(spec.tokens[row, :spec.num_tokens[row]])}\n")
     total = int(out.num_tokens.sum())
-    print(f"AR: {total} tokens in {seconds:.2f} s: {total / seconds:.1f} tokens/s "
-          f"(batch {len(texts)}; compile + first run {compile_s:.1f} s)")
+    kind = ("next-block" if config.objective.kind == "next_block" else "AR")
+    per_forward = (f", {out.forwards} forwards of blocks of {config.objective.block_size}"
+                   if kind == "next-block" else "")
+    print(f"{kind}: {total} tokens in {seconds:.2f} s: {total / seconds:.1f} tokens/s "
+          f"(batch {len(texts)}{per_forward}; compile + first run {compile_s:.1f} s)")
     if drafter is not None:
         spec_total = int(spec.num_tokens.sum())
         speed = spec_total / spec_seconds
@@ -124,6 +154,48 @@ def main(argv=None) -> int:
               f"speedup {speed / (total / seconds):.2f}x (compile + first run "
               f"{spec_compile_s:.1f} s); outputs "
               + ("identical" if same else "differ (sampling: same distribution, other draws)"))
+    return 0
+
+
+def _continue_clips(args, config, params, sampler, seed) -> int:
+    """Continue held-out clips of a video run; write a PNG grid and GIFs; print frames/s and the
+    consistency score."""
+    import jax
+    import numpy as np
+
+    from zoo.data import video, video_images, video_score
+    from zoo.decode.clips import continue_clips
+    from zoo.models import build_model
+
+    spec = video.video_spec(config.data.corpus)
+    trained = (config.data.seq_len + config.objective.shift) // spec.tokens_per_frame
+    frames = args.frames or trained
+    if args.clips < 1:
+        raise ValueError(f"--clips must be >= 1, got {args.clips}")
+    if not 3 <= frames <= spec.frames:
+        raise ValueError(f"--frames must be in [3, {spec.frames}], got {frames}")
+    if not 2 <= args.given_frames < frames:
+        raise ValueError(f"--given-frames must be in [2, {frames - 1}] (the consistency score "
+                         f"reads motion from 2 frames), got {args.given_frames}")
+    clips = video.load_clips(config.data.corpus, config.data.data_dir, "validation")
+    clips = clips[:args.clips, :frames * spec.tokens_per_frame]
+    model = build_model(config.model, config.decode.kernel_backend)
+    out = continue_clips(model, params, config.objective, clips, args.given_frames,
+                         spec.tokens_per_frame, sampler=sampler, rng=jax.random.key(seed))
+    cond = video.tokens_to_clip(clips[:, :args.given_frames * spec.tokens_per_frame],
+                                spec.height, spec.width)
+    gen = video.tokens_to_clip(out.tokens, spec.height, spec.width)
+    target = pathlib.Path(args.out or pathlib.Path(args.checkpoint) / "samples")
+    target.mkdir(parents=True, exist_ok=True)
+    video_images.save_grid(list(zip(cond, gen)), target / "grid.png")
+    for i, (c, g) in enumerate(zip(cond, gen)):
+        video_images.save_gif(np.concatenate([c, g]), target / f"clip_{i}.gif")
+    made = gen.shape[0] * gen.shape[1]
+    score = video_score.mean_consistency(cond, gen)
+    print(f"{config.objective.kind}: {made} frames ({len(clips)} clips x {gen.shape[1]}) in "
+          f"{out.seconds:.2f} s: {made / out.seconds:.1f} frames/s, {out.forwards} forwards; "
+          f"consistency {score:.3f}")
+    print(f"wrote {target / 'grid.png'} and {len(clips)} GIFs")
     return 0
 
 

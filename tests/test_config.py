@@ -46,6 +46,18 @@ def test_overrides_are_typed_and_applied():
     (["model.family=hybrid", "model.layer_pattern=aam"], "must have one letter per layer"),
     (["model.family=hybrid", "model.layer_pattern=aa"], "a hybrid model's layers are 'a' and 'm'"),
     (["model.family=rwkv"], "model.family='rwkv': must be one of"),
+    (["objective.kind=next_token"], "objective.kind='next_token': must be one of"),
+    (["objective.block_size=4"], "objective.block_size=4: must be 1 unless objective.kind is "
+     "next_block"),
+    (["objective.kind=next_block", "objective.block_size=5"],
+     "objective.block_size=5: must divide data.seq_len=64"),
+    (["objective.kind=next_block", "objective.block_size=4", "model.family=mamba2",
+      "model.ssm_heads=4", "model.ssm_head_dim=32"],
+     "objective.kind='next_block': next_block needs bidirectional attention"),
+    (["data.corpus=sprites", "objective.kind=next_block", "objective.block_size=12",
+      "data.seq_len=960"], "objective.block_size=12: a video block is whole rows of a frame"),
+    (["data.corpus=sprites", "objective.kind=next_block", "objective.block_size=32",
+      "data.seq_len=1024"], "data.seq_len=1024: plus the objective's shift (32) must fit one clip"),
 ])
 def test_bad_values_name_the_key_and_rule(override, message):
     with pytest.raises(ConfigError) as err:

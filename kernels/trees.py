@@ -33,43 +33,53 @@ def _transitive_closure(rel: jnp.ndarray) -> jnp.ndarray:
 def ancestor_mask(parents: jnp.ndarray) -> jnp.ndarray:
     """`anc[..., i, j]` is True when node j is node i or one of its ancestors.
 
-    The same pointer doubling as `_transitive_closure`, squaring with a boolean and/any instead of
-    a float matmul: outside a kernel XLA fuses it into one elementwise loop, where a CPU dot of a
-    tiny [T, T] matrix costs a thread-pool round trip (measured: the matmul form made a 4-node
-    tree extend of a Mamba2 model 2x slower than a 1-node step).
+    By pointer jumping, not by closing the [T, T] relation (T^3 log T work, and 2x slower than a
+    1-node step for a 4-node Mamba2 extend when done with tiny CPU matmuls): with the 2^k-th
+    ancestor tables, j is an ancestor of i exactly when climbing depth[i] - depth[j] >= 0 steps
+    from i lands on j, which is log T gathers of [T, T] indices.
     """
-    nodes = jnp.arange(parents.shape[-1])
-    return _close(_parent_relation(as_chains(parents), nodes))
+    jumps, depth = _jump_tables(as_chains(parents))
+    t = parents.shape[-1]
+    steps = depth[..., :, None] - depth[..., None, :]  # [..., i, j]
+    node = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], steps.shape)  # start at i
+    for k, jump in enumerate(jumps):
+        up = jnp.take_along_axis(jnp.broadcast_to(jump[..., None, :], steps.shape), node, axis=-1)
+        node = jnp.where((jnp.maximum(steps, 0) >> k) & 1 == 1, up, node)
+    return (steps >= 0) & (node == jnp.arange(t, dtype=jnp.int32))
 
 
 def visible_mask(parents: jnp.ndarray) -> jnp.ndarray:
     """`vis[..., i, j]` is True when node i attends to node j: j is i, an ancestor of i, or in
-    the block of i or of one of its ancestors. Equals `ancestor_mask` when there are no blocks."""
-    nodes = jnp.arange(parents.shape[-1])
-    rel = _parent_relation(as_chains(parents), nodes)
-    # A block continuation j also lets j - 1 see j, so a block's nodes reach each other.
-    forward = (parents[..., None, :] == SAME_BLOCK) & (nodes[None, :] == nodes[:, None] + 1)
-    return _close(rel | forward)
+    the block of i or of one of its ancestors. Equals `ancestor_mask` when there are no blocks.
+
+    Node i sees all of j's block exactly when the block's first node is an ancestor of i in the
+    chain view (a block read as a chain), so this is a column gather of `ancestor_mask`.
+    """
+    t = parents.shape[-1]
+    nodes = jnp.arange(t, dtype=jnp.int32)
+    start = jax.lax.cummax(jnp.where(parents == SAME_BLOCK, 0, nodes), axis=parents.ndim - 1)
+    anc = ancestor_mask(parents)
+    return jnp.take_along_axis(anc, jnp.broadcast_to(start[..., None, :], anc.shape), axis=-1)
+
+
+def _jump_tables(parents: jnp.ndarray) -> tuple[list[jnp.ndarray], jnp.ndarray]:
+    """([2^k-th ancestor of every node for k < ceil(log2 T)], depth): roots jump to themselves,
+    so a climb of at most depth[i] steps never needs to know where the tree ends."""
+    t = parents.shape[-1]
+    jump = jnp.where(parents < 0, jnp.arange(t, dtype=jnp.int32), parents.astype(jnp.int32))
+    depth = (parents >= 0).astype(jnp.int32)  # so far: steps to jump[i]
+    jumps = []
+    for _ in range(math.ceil(math.log2(t)) if t > 1 else 0):
+        jumps.append(jump)
+        depth = depth + jnp.take_along_axis(depth, jump, axis=-1)
+        jump = jnp.take_along_axis(jump, jump, axis=-1)
+    return jumps, depth
 
 
 def as_chains(parents: jnp.ndarray) -> jnp.ndarray:
     """`parents` with every block written as a chain (SAME_BLOCK -> i - 1): the causal view."""
     nodes = jnp.arange(parents.shape[-1], dtype=parents.dtype)
     return jnp.where(parents == SAME_BLOCK, nodes - 1, parents)
-
-
-def _parent_relation(parents, nodes):
-    """"Self or parent" as a reflexive boolean relation [..., T, T]."""
-    return (nodes[:, None] == nodes[None, :]) | (parents[..., :, None] == nodes)
-
-
-def _close(rel: jnp.ndarray) -> jnp.ndarray:
-    """Transitive closure of a reflexive relation by pointer doubling, squaring with a boolean
-    and/any (see `ancestor_mask` for why not a matmul)."""
-    t = rel.shape[-1]
-    for _ in range(math.ceil(math.log2(t)) if t > 1 else 0):
-        rel = rel | jnp.any(rel[..., :, :, None] & rel[..., None, :, :], axis=-2)
-    return rel
 
 
 def block_parents(length: int) -> jnp.ndarray:
@@ -112,8 +122,8 @@ def stacked_visible_mask(parent_col: jnp.ndarray, n_rows: int) -> jnp.ndarray:
 
 def node_depths(parents: jnp.ndarray) -> jnp.ndarray:
     """Depth of every node (roots have depth 0; node k of a block is k deeper than its start),
-    as int32."""
-    return ancestor_mask(parents).sum(-1).astype(jnp.int32) - 1
+    as int32, by pointer jumping (log T gathers)."""
+    return _jump_tables(as_chains(parents))[1]
 
 
 def chain_parents(length: int) -> jnp.ndarray:

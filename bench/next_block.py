@@ -1,14 +1,15 @@
 """Next-block vs next-token generation at equal model size, data and training steps.
 
-    python bench/next_block.py            # trains the four models once (runs/bench/*, ~35 min)
+    python bench/next_block.py            # trains the five models once (runs/bench/*, ~50 min)
     python bench/next_block.py --quick    # fewer clips / tokens / repeats
 
-Video (moving sprites, a block = one frame of 64 patch tokens): both models continue the same
-held-out clips from 4 given frames to 4 generated ones. Reported: forwards per generated frame,
+Video (moving sprites, a block = one frame of 64 patch tokens, or one row of 8): the models
+continue the same held-out clips from 4 given frames to 4 generated ones. Reported: forwards per generated frame,
 frames/s (median of repeats, batch of clips), the speedup, validation NLL per token and the
 consistency score of the generated frames (zoo.data.video_score), greedy and sampled.
 Code (the stdlib corpus, a block = 4 bytes): tokens/s on corpus prompts and validation NLL.
-Writes bench/results/next_block.{json,md} and next_block_grid.png (given | NBP | next-token).
+Writes bench/results/next_block.{json,md}, next_block_grid.png (given | next-block frames, greedy)
+and next_block_grid_next_token.png (the same clips, next-token).
 """
 
 import argparse
@@ -17,7 +18,6 @@ import pathlib
 import sys
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, median_seconds, write_result  # noqa: E402
@@ -34,7 +34,8 @@ from zoo.models import build_model  # noqa: E402
 from zoo.train.loop import load_run  # noqa: E402
 
 VIDEO = {"next-token": "configs/experiments/sprites_ar.yaml",
-         "next-block": "configs/experiments/sprites_nbp.yaml"}
+         "next-block": "configs/experiments/sprites_nbp.yaml",
+         "next-block (rows)": "configs/experiments/sprites_nbp_rows.yaml"}
 CODE = {"next-token": "configs/experiments/code_small.yaml",
         "next-block": "configs/experiments/code_nbp.yaml"}
 GIVEN, GENERATED = 4, 4
@@ -64,7 +65,7 @@ def bench_video(args) -> tuple[list[list], dict]:
     rows, raw, frames_out = [], {}, {}
     for temperature in (0.0, 1.0):
         base = None
-        for name in ("next-token", "next-block"):
+        for name in VIDEO:
             config, params, model, val = load(VIDEO[name])
             sampler = Sampler(temperature)
             run = lambda: continue_clips(model, params, config.objective, clips, GIVEN, ft,  # noqa: E731
@@ -82,10 +83,9 @@ def bench_video(args) -> tuple[list[list], dict]:
             rows.append([f"video, {'greedy' if temperature == 0 else f'T={temperature:g}'}", name,
                          f"{out.forwards / GENERATED:.0f}", f"{fps:.1f}", f"{fps / base:.1f}x",
                          f"{val['val_loss']:.3f}", f"{score:.3f}"])
-    grid = [(c, np.concatenate([frames_out[("next-block", 0.0)][i],
-                                frames_out[("next-token", 0.0)][i]]))
-            for i, c in enumerate(cond[:6])]
-    video_images.save_grid(grid, RESULTS / "next_block_grid.png")
+    for name, suffix in (("next-block", ""), ("next-token", "_next_token")):
+        video_images.save_grid(list(zip(cond[:6], frames_out[(name, 0.0)][:6])),
+                               RESULTS / f"next_block_grid{suffix}.png")
     return rows, raw
 
 
@@ -124,7 +124,7 @@ def bench_code(args) -> tuple[list[list], dict]:
 
 
 def train_once():
-    """Train the four models once; the next-token code twin under runs/bench, not the demo's."""
+    """Train the five models once; the next-token code twin under runs/bench, not the demo's."""
     ensure_trained(*VIDEO.values(), CODE["next-block"])
     code_ar = config_lib.load(CODE["next-token"],
                               [f"train.run_dir={bench_run_dir(CODE['next-token'])}"])

@@ -5,10 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from PIL import Image
 
 from zoo import config as config_lib
 from zoo.data.packing import PackedDataset
+from zoo.export.convert import export_run
 from zoo.train.loop import load_run, train
 from zoo.train.steps import token_losses
 
@@ -56,6 +58,8 @@ def test_text_run_trains_records_its_objective_and_decodes_by_blocks(data_dir, t
     assert generate_cli(["--checkpoint", str(tmp_path), "--prompt", "x",
                          "--speculative", "prompt_lookup"]) == 2
     assert "this run's objective is 'next_block'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="trains objective.kind='next_block'; Hugging Face"):
+        export_run(tmp_path, tmp_path / "hf")  # transformers would run it causally
 
 
 def test_video_run_continues_held_out_clips_into_pictures(data_dir, tmp_path, capsys):

@@ -54,6 +54,10 @@ def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None
     config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
     if config.heads.kind != "none":
         raise ValueError(f"{run_dir} is a draft-heads run; export its target LM instead")
+    if config.objective.kind != "lm":
+        raise ValueError(f"{run_dir} trains objective.kind={config.objective.kind!r}; Hugging Face "
+                         "causal-LM classes would run it with a causal mask, not the mask it was "
+                         "trained with, so zoo exports next-token (objective.kind=lm) runs only")
     module = architecture(config.model.family)
     _, params = load_run(run_dir, step, layout=_spread_layout(config))
     return hf.write(out_dir, module.hf_config(config.model), module.tensor_map(config.model),

@@ -159,7 +159,7 @@ class DataConfig:
         return self.corpus in VIDEO_CORPORA
 
 
-OBJECTIVES = ("lm", "next_block")
+OBJECTIVES = ("lm", "next_block", "masked_diffusion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,23 +169,34 @@ class ObjectiveConfig:
     lm: next-token prediction, causal attention. next_block: next-block prediction (NBP) with
     blocks of `block_size` tokens, bidirectional inside a block and causal across blocks;
     position k of block b is trained on token k of block b + 1 (inputs shift by one block).
+    masked_diffusion: the MDLM / LLaDA masked-diffusion loss (zoo/train/diffusion.py), over one
+    bidirectional window (block_size 0) or block diffusion (BD3-LM) with blocks of block_size.
     """
 
-    kind: str = "lm"  # lm | next_block
-    block_size: int = 1  # next_block: tokens per block (a text span; a video row or frame)
+    kind: str = "lm"  # lm | next_block | masked_diffusion
+    block_size: int = 1  # next_block: tokens per block (a text span; a video row or frame);
+    #                      masked_diffusion: 0 = bidirectional window, >= 2 = block diffusion
+    t_min: float = 1e-3  # masked_diffusion: the mask rate t is drawn from U(t_min, 1]
 
     def __post_init__(self):
         _require(self.kind in OBJECTIVES, "objective.kind", f"must be one of {list(OBJECTIVES)}",
                  self.kind)
-        _positive(self, "objective", "block_size")
-        _require(self.kind == "next_block" or self.block_size == 1, "objective.block_size",
-                 f"must be 1 unless objective.kind is next_block (got kind {self.kind!r})",
-                 self.block_size)
+        if self.kind == "masked_diffusion":
+            _require(self.block_size == 0 or self.block_size >= 2, "objective.block_size",
+                     "must be 0 (one bidirectional window) or >= 2 (block diffusion) for "
+                     "masked_diffusion", self.block_size)
+            _require(0 < self.t_min < 1, "objective.t_min", "must be in (0, 1)", self.t_min)
+        else:
+            _positive(self, "objective", "block_size")
+        _require(self.kind != "lm" or self.block_size == 1, "objective.block_size",
+                 f"must be 1 unless objective.kind is next_block or masked_diffusion (got kind "
+                 f"{self.kind!r})", self.block_size)
 
     @property
     def shift(self) -> int:
-        """How far ahead of its input each target is: 1 token, or one block."""
-        return self.block_size
+        """How far ahead of its input each target is: 1 token, or one block (a diffusion model
+        reads only the inputs: its targets are the inputs themselves)."""
+        return self.block_size if self.kind == "next_block" else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,17 +334,20 @@ class ExperimentConfig:
     def __post_init__(self):
         """Rules that span sections."""
         obj, data = self.objective, self.data
-        if obj.kind == "next_block":
-            _require(self.model.family == "transformer", "objective.kind", "next_block needs "
-                     "bidirectional attention inside blocks, which Mamba2 layers cannot give; "
-                     f"use model.family=transformer (got {self.model.family!r})", obj.kind)
+        if obj.kind != "lm":
+            _require(self.model.family == "transformer", "objective.kind", f"{obj.kind} needs "
+                     "bidirectional attention, which Mamba2 layers cannot give; use "
+                     f"model.family=transformer (got {self.model.family!r})", obj.kind)
             _require(self.heads.kind == "none", "objective.kind",
-                     "next_block trains the model itself; draft heads need heads.kind=none",
+                     f"{obj.kind} trains the model itself; draft heads need heads.kind=none",
                      obj.kind)
-            _require(data.seq_len % obj.block_size == 0, "objective.block_size",
+            _require(obj.block_size == 0 or data.seq_len % obj.block_size == 0,
+                     "objective.block_size",
                      f"must divide data.seq_len={data.seq_len} (blocks start at position 0)",
                      obj.block_size)
         if data.is_video:
+            _require(obj.kind != "masked_diffusion", "objective.kind", "masked_diffusion runs "
+                     "on the text corpora", obj.kind)
             _require(VIDEO_FRAME_TOKENS % obj.block_size == 0
                      and obj.block_size % VIDEO_ROW_TOKENS == 0 or obj.block_size == 1,
                      "objective.block_size", f"a video block is whole rows of a frame: a "

@@ -13,31 +13,58 @@ from kernels.tree_attention import tree_attention
 from zoo.layers.params import dense
 from zoo.layers.rope import apply_rope
 
-MASK_KINDS = ("causal", "bidirectional", "block_causal")
+MASK_KINDS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 
 
-def attention_mask(kind: str, length: int, block_size: int = 0, segment_ids=None) -> jnp.ndarray:
+def attention_mask(kind: str, length: int, block_size: int = 0, segment_ids=None,
+                   block_ids=None) -> jnp.ndarray:
     """Boolean [B or 1, 1, T, T] mask; True where query i may attend to key j.
 
-    block_causal: bidirectional inside blocks of `block_size`, causal across blocks.
+    block_causal: bidirectional inside blocks of `block_size`, causal across blocks; or, with
+      `block_ids` (int[B, T], non-decreasing per row), inside and across those blocks instead.
+    block_diffusion: block diffusion training (BD3-LM) over T = 2L tokens, the noised sequence
+      then the clean one at the same positions: a noised block sees itself and the clean blocks
+      before it, a clean block sees the clean blocks up to itself (block-causal), and nothing
+      sees a noised token from outside its block.
     segment_ids (int[B, T], optional): also forbid attention across packed documents.
     """
     i = jnp.arange(length)[:, None]
     j = jnp.arange(length)[None, :]
+    if kind in ("block_causal", "block_diffusion") and block_ids is None and block_size <= 0:
+        raise ValueError(f"{kind} attention needs block_size > 0, got {block_size}")
     if kind == "causal":
         mask = j <= i
     elif kind == "bidirectional":
         mask = jnp.ones((length, length), bool)
+    elif kind == "block_causal" and block_ids is not None:
+        mask = block_ids[:, None, None, :] <= block_ids[:, None, :, None]
     elif kind == "block_causal":
-        if block_size <= 0:
-            raise ValueError(f"block_causal attention needs block_size > 0, got {block_size}")
         mask = j // block_size <= i // block_size
+    elif kind == "block_diffusion":
+        if length % 2:
+            raise ValueError(f"block_diffusion attention takes noised + clean halves, got "
+                             f"an odd length {length}")
+        half = length // 2
+        clean_i, clean_j = i >= half, j >= half
+        bi, bj = (i % half) // block_size, (j % half) // block_size
+        mask = jnp.where(clean_i, clean_j & (bj <= bi),
+                         jnp.where(clean_j, bj < bi, bj == bi))
     else:
         raise ValueError(f"unknown attention mask kind {kind!r}; choose one of {MASK_KINDS}")
-    mask = mask[None, None]
+    if mask.ndim == 2:
+        mask = mask[None, None]
     if segment_ids is not None:
         mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     return mask
+
+
+def mask_positions(kind: str, batch: int, length: int) -> jnp.ndarray:
+    """int32[B, T] position ids a full-sequence mask kind implies: 0..T-1, or for
+    block_diffusion's two halves 0..L-1 twice (a clean token sits where its noised one does)."""
+    pos = jnp.arange(length, dtype=jnp.int32)
+    if kind == "block_diffusion":
+        pos = pos % (length // 2)
+    return jnp.broadcast_to(pos, (batch, length))
 
 
 class Attention(nn.Module):

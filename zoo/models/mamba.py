@@ -129,9 +129,10 @@ class MambaLM(TransformerLM):
             raise ValueError(f"a {self.config.family} model's Mamba2 layers are causal; mask "
                              f"{mask!r} needs an attention-only model")
 
-    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None,
+                block_ids=None):
         self._check_causal(mask)
-        return super().forward(params, tokens, mask, block_size, segment_ids)
+        return super().forward(params, tokens, mask, block_size, segment_ids, block_ids)
 
     def init_cache(self, batch: int, max_len: int) -> HybridCache:
         c = self.config

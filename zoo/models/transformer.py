@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from kernels.trees import node_depths
 from zoo.config import ModelConfig
-from zoo.layers.attention import Attention, attention_mask
+from zoo.layers.attention import Attention, attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.params import dense, rms_norm
@@ -134,11 +134,13 @@ class TransformerLM:
         """Pytree of PartitionSpecs of logical axis names, matching `init`'s params."""
         return nn.get_partition_spec(jax.eval_shape(self._init_boxed, jax.random.key(0)))
 
-    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None):
+    def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None,
+                block_ids=None):
+        """Full-sequence logits and hidden states under `mask` (see `attention_mask`)."""
         b, t = tokens.shape
         logits, hidden, _ = self.module.apply(
-            {"params": params}, tokens, _positions(b, t),
-            attention_mask(mask, t, block_size, segment_ids))
+            {"params": params}, tokens, mask_positions(mask, b, t),
+            attention_mask(mask, t, block_size, segment_ids, block_ids))
         return logits, hidden
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:

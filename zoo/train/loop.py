@@ -81,8 +81,13 @@ def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None =
     """What `config` trains: the LM itself (its activations sharded over `layout`), or draft
     heads on a frozen target run (loaded here, so a missing target fails before any other
     work)."""
-    if config.heads.kind == "none":  # next token, or next block (ObjectiveConfig)
-        return LMObjective(build_model(config.model, layout=layout), config.objective.block_size)
+    obj = config.objective
+    if obj.kind == "masked_diffusion":
+        from zoo.train.diffusion import DiffusionObjective
+        return DiffusionObjective(build_model(config.model, layout=layout), obj.block_size,
+                                  obj.t_min, config.train.seed)
+    if config.heads.kind == "none":  # next token, or next block
+        return LMObjective(build_model(config.model, layout=layout), obj.shift)
     from zoo.train.heads import HeadsObjective  # it loads runs with load_run below
     return HeadsObjective.from_config(config)
 

@@ -145,7 +145,7 @@ class MambaLM(TransformerLM):
         return HybridCache(kv, ssm)
 
     def prefill(self, params, tokens, lengths, max_len: int, mask: str = "causal",
-                block_size: int = 0):
+                block_size: int = 0, block_ids=None):
         self._check_causal(mask)
         b, t = tokens.shape
         if t > max_len:

@@ -24,10 +24,10 @@ class DecodingModel(Protocol):
         """Training forward over whole sequences: (logits [B, T, V] float32, hidden [B, T, E])."""
 
     def prefill(self, params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, max_len: int,
-                mask: str = "causal", block_size: int = 0
+                mask: str = "causal", block_size: int = 0, block_ids=None
                 ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
         """Left-aligned prompts with per-row lengths -> (logits, hidden, cache of `max_len`);
-        `mask` as in `forward` (models with causal-only layers reject any other)."""
+        `mask`, `block_size`, `block_ids` as in `forward` (causal-only layers reject others)."""
 
     def extend(self, params: Params, cache: Cache, tokens: jnp.ndarray, parents: jnp.ndarray
                ) -> tuple[jnp.ndarray, jnp.ndarray, Pending]:

@@ -149,14 +149,16 @@ class TransformerLM:
                              jnp.dtype(c.dtype))
 
     def prefill(self, params, tokens, lengths, max_len: int, mask: str = "causal",
-                block_size: int = 0):
-        """`mask`/`block_size` as in `forward`: a next-block model prefills block-causally (each
-        row's length then a whole number of blocks, so no real token sees a padding slot)."""
+                block_size: int = 0, block_ids=None):
+        """`mask`, `block_size`, `block_ids` as in `forward`: a next-block model prefills
+        block-causally (each row's length then a whole number of blocks, so no real token sees a
+        padding slot); a diffusion sampler gives per-row `block_ids`."""
         b, t = tokens.shape
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
         logits, hidden, (k, v) = self.module.apply(
-            {"params": params}, tokens, _positions(b, t), attention_mask(mask, t, block_size))
+            {"params": params}, tokens, _positions(b, t),
+            attention_mask(mask, t, block_size, block_ids=block_ids))
         cache = self.init_cache(b, max_len)
         k, v = k.transpose(0, 1, 3, 2, 4), v.transpose(0, 1, 3, 2, 4)  # to head-major
         cache = KVCache(cache.k.at[:, :, :, :t].set(k.astype(cache.k.dtype)),

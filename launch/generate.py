@@ -61,6 +61,17 @@ def main(argv=None) -> int:
     parser.add_argument("--draft-checkpoint",
                         help="run directory of the draft LM (draft*) or of the heads (medusa, "
                              "hydra)")
+    diffusion = parser.add_argument_group("masked diffusion runs (default: the run's decode "
+                                          "config)")
+    diffusion.add_argument("--steps", type=int, help="sampling steps over the answer (0: one "
+                                                     "token per step)")
+    diffusion.add_argument("--threshold", type=float,
+                           help="parallel decoding: unmask every position whose confidence "
+                                "exceeds this, in (0, 1] (0: off)")
+    diffusion.add_argument("--block-size", type=int,
+                           help="semi-AR blocks of this many tokens with a KV cache (0: none)")
+    diffusion.add_argument("--no-cache", action="store_true",
+                           help="blocks without the KV cache (the whole sequence every step)")
     video = parser.add_argument_group("video runs")
     video.add_argument("--clips", type=int, default=4, help="validation clips to continue")
     video.add_argument("--given-frames", type=int, default=4, help="conditioning frames per clip")
@@ -103,6 +114,9 @@ def main(argv=None) -> int:
             return _continue_clips(args, config, params, sampler, pick(args.seed, dc.seed))
         if texts is None:
             raise ValueError("give --prompt or --prompts-file (this is a text run)")
+        if config.objective.kind == "masked_diffusion":
+            return _sample_diffusion(args, config, params, sampler, texts,
+                                     pick(args.seed, dc.seed), pick)
         if args.speculative and config.objective.kind != "lm":
             raise ValueError(f"--speculative verifies a next-token model; this run's objective "
                              f"is {config.objective.kind!r}")
@@ -154,6 +168,44 @@ def main(argv=None) -> int:
               f"speedup {speed / (total / seconds):.2f}x (compile + first run "
               f"{spec_compile_s:.1f} s); outputs "
               + ("identical" if same else "differ (sampling: same distribution, other draws)"))
+    return 0
+
+
+def _sample_diffusion(args, config, params, sampler, texts, seed, pick) -> int:
+    """Sample answers after the prompts from a masked diffusion run; print them with the
+    number of model forwards and tokens/s."""
+    import jax
+
+    from zoo.data.tokenizer import ByteTokenizer
+    from zoo.decode import diffusion
+    from zoo.models import build_model
+
+    if args.speculative:
+        raise ValueError("--speculative verifies a next-token model; this run's objective is "
+                         "'masked_diffusion'")
+    dc = config.decode
+    how = diffusion.DiffusionSampler(
+        steps=pick(args.steps, dc.steps), threshold=pick(args.threshold, dc.threshold),
+        block_size=pick(args.block_size, dc.block_size), cache=not args.no_cache,
+        sampler=sampler)
+    tok = ByteTokenizer()
+    model = build_model(config.model, dc.kernel_backend)
+    run = lambda: diffusion.generate(  # noqa: E731
+        model, params, [tok.encode(t, bos=True) for t in texts],
+        max_new_tokens=pick(args.max_new_tokens, dc.max_new_tokens), how=how,
+        model_block_size=config.objective.block_size, rng=jax.random.key(seed),
+        eos_id=tok.eos_id, pad_id=tok.pad_id, mask_id=tok.mask_id)
+    out, compile_s, seconds = _timed(run)
+    for row, text in enumerate(texts):
+        print(f"--- prompt ---\n{text}\n--- completion ---\n"
+              f"{tok.decode(out.tokens[row, :out.num_tokens[row]])}\n")
+    total = int(out.num_tokens.sum())
+    rule = (f"threshold {how.threshold}" if how.threshold
+            else f"{how.steps or 'one token per'} steps")
+    blocks = f", blocks of {how.block_size}" if how.block_size else ""
+    print(f"diffusion ({rule}{blocks}): {total} tokens in {seconds:.2f} s: "
+          f"{total / seconds:.1f} tokens/s, {out.forwards} forwards (batch {len(texts)}; "
+          f"compile + first run {compile_s:.1f} s)")
     return 0
 
 

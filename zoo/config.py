@@ -243,10 +243,15 @@ class DecodeConfig:
     max_len: int = 1024  # KV-cache length: prompt + generated tokens must fit
     seed: int = 0
     kernel_backend: str = "auto"  # Pallas/XLA backend of tree attention and the SSM tree scan
+    steps: int = 0  # masked diffusion: sampling steps over the answer (0: one token per step)
+    threshold: float = 0.0  # masked diffusion: unmask every confidence above it (0: off)
+    block_size: int = 0  # masked diffusion: semi-AR blocks with a KV cache (0: whole answer)
 
     def __post_init__(self):
         _positive(self, "decode", "max_new_tokens", "max_len")
-        _non_negative(self, "decode", "temperature", "top_k")
+        _non_negative(self, "decode", "temperature", "top_k", "steps", "block_size")
+        _require(0 <= self.threshold <= 1, "decode.threshold", "must be in (0, 1] (or 0: off)",
+                 self.threshold)
         _require(0 < self.top_p <= 1, "decode.top_p", "must be in (0, 1]", self.top_p)
         _require(self.max_new_tokens < self.max_len, "decode.max_new_tokens",
                  f"must be < decode.max_len={self.max_len} (room for the prompt)",

@@ -58,7 +58,8 @@ def test_block_diffusion_forward_is_each_noised_block_over_its_clean_prefix(
                                    forward(seq)[:, b * s:(b + 1) * s], atol=2e-5)
 
 
-def test_diffusion_run_trains_and_reports_the_elbo(data_dir, tmp_path):
+def test_diffusion_run_trains_reports_the_elbo_and_samples(data_dir, tmp_path, capsys):
+    from launch.generate import main as generate_cli
     for block_size in (0, 16):
         cfg = config_lib.load(REPO / "configs/experiments/tiny_diffusion.yaml", [
             f"data.data_dir={data_dir}", f"train.run_dir={tmp_path / str(block_size)}",
@@ -69,3 +70,13 @@ def test_diffusion_run_trains_and_reports_the_elbo(data_dir, tmp_path):
         last = np.mean([result.losses[s] for s in range(26, 31)])
         assert last < first - 0.5, (block_size, first, last)
         assert 0 < result.evals[-1]["val_bits_per_byte"] < 8.5
+    run = str(tmp_path / "16")
+    assert generate_cli(["--checkpoint", run, "--prompt", "def f(x):", "--max-new-tokens", "32",
+                         "--block-size", "16", "--threshold", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion (threshold 0.9, blocks of 16): 32 tokens" in out and "forwards" in out
+    assert generate_cli(["--checkpoint", run, "--prompt", "x", "--block-size", "5"]) == 2
+    assert "block_size=5 does not divide the answer length 32" in capsys.readouterr().err
+    assert generate_cli(["--checkpoint", run, "--prompt", "x", "--speculative",
+                         "prompt_lookup"]) == 2
+    assert "objective is 'masked_diffusion'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny model configs and a session-wide corpus directory."""
 
+import gc
 import pathlib
 
 import jax
@@ -72,6 +73,17 @@ def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
                                 for i in range(1, t)])
     return np.array([-1] + [rng.integers(0, i) for i in range(1, t)])
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. XLA:CPU maps each executable's code
+    into memory (~230 mappings for a decode loop of the tiny model); the whole suite compiles
+    thousands of programs and, held until exit, their mappings reach the kernel's
+    vm.max_map_count (65530), where the next compile segfaults."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The next-block objective: block-causal loss against the next block's tokens, a run that trains
 and records its objective, and zoo-generate decoding text and video runs by it."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -82,4 +81,3 @@ def test_video_run_continues_held_out_clips_into_pictures(data_dir, tmp_path, ca
             assert gif.size == (128, 128)
     assert generate_cli(["--checkpoint", str(run), "--given-frames", "4"]) == 2
     assert "--given-frames must be in [2, 3]" in capsys.readouterr().err
-    jax.clear_caches()

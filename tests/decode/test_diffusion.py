@@ -64,24 +64,30 @@ def test_block_cache_logits_equal_a_full_forward(tiny_model_and_params):
         prompt[row, :len(p)] = p
     pos = jnp.broadcast_to(jnp.arange(16), (b, 16))
     ids = diffusion.block_ids(pos, lengths, s, s, pos < lengths[:, None])
-    _, _, cache = model.prefill(params, jnp.asarray(prompt), lengths, 32, mask="block_causal",
-                                block_ids=ids)
+    prefill = jax.jit(lambda t, n, i: model.prefill(params, t, n, 32, mask="block_causal",
+                                                    block_ids=i)[2])
+    extend = jax.jit(lambda c, t, p: model.extend(params, c, t, p)[::2])  # (logits, pending)
+    cache = prefill(jnp.asarray(prompt), lengths, ids)
     block0 = jax.random.randint(jax.random.key(1), (b, s), 0, 256)
     block1 = jnp.full((b, s), MASK_ID).at[:, 1].set(42)
     two = jnp.concatenate([block_parents(s), jnp.full((s,), SAME_BLOCK).at[0].set(s - 1)])
-    first, _, pending = model.extend(params, cache, jnp.concatenate([block0, block1], 1),
-                                     jnp.broadcast_to(two, (b, 2 * s)))
-    cache = model.commit(cache, pending, jnp.tile(jnp.arange(s), (b, 1)), jnp.full((b,), s))
-    again, _, _ = model.extend(params, cache, block1, block_parents(s))
+    first, pending = extend(cache, jnp.concatenate([block0, block1], 1),
+                            jnp.broadcast_to(two, (b, 2 * s)))
+    cache = jax.jit(model.commit)(cache, pending, jnp.tile(jnp.arange(s), (b, 1)),
+                                  jnp.full((b,), s))
+    again, _ = extend(cache, block1, jnp.broadcast_to(block_parents(s), (b, s)))
+    # One forward over every row's prompt + block 0 + block 1, padding after it (block id FAR).
+    width = 16 + 2 * s
+    seq = np.full((b, width), PAD_ID)
     for row, p in enumerate(PROMPTS):
-        seq = jnp.concatenate([jnp.asarray(p), block0[row], block1[row]])[None]
-        n = len(p)
-        ids = diffusion.block_ids(jnp.arange(n + 2 * s)[None], jnp.array([n]), s, s,
-                                  jnp.ones((1, n + 2 * s), bool))
-        full, _ = model.forward(params, seq, mask="block_causal", block_ids=ids)
-        np.testing.assert_allclose(first[row, s:], full[0, n + s:], atol=2e-5)
-        np.testing.assert_allclose(again[row], full[0, n + s:], atol=2e-5)
-        np.testing.assert_allclose(first[row, :s], full[0, n:n + s], atol=2e-5)
+        seq[row, :len(p) + 2 * s] = np.concatenate([p, block0[row], block1[row]])
+    pos = jnp.broadcast_to(jnp.arange(width), (b, width))
+    ids = diffusion.block_ids(pos, lengths, s, s, pos < (lengths + 2 * s)[:, None])
+    full, _ = model.forward(params, jnp.asarray(seq), mask="block_causal", block_ids=ids)
+    for row, n in enumerate(lengths.tolist()):
+        np.testing.assert_allclose(first[row, :s], full[row, n:n + s], atol=2e-5)
+        np.testing.assert_allclose(first[row, s:], full[row, n + s:n + 2 * s], atol=2e-5)
+        np.testing.assert_allclose(again[row], full[row, n + s:n + 2 * s], atol=2e-5)
 
 
 def test_low_threshold_unmasks_a_block_per_forward(tiny_model_and_params):

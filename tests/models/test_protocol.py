@@ -140,19 +140,20 @@ def test_block_causal_prefill_and_block_extends_equal_block_causal_forward(tiny_
     model, params = tiny_model_and_params
     s, tokens = 4, _tokens(10, (2, 20))
     lengths = jnp.array([8, 4])  # whole blocks; row 1 is one block behind
-    logits, _, cache = model.prefill(params, tokens[:, :8], lengths, max_len=24,
-                                     mask="block_causal", block_size=s)
+    logits, _, cache = jax.jit(lambda t, n: model.prefill(
+        params, t, n, max_len=24, mask="block_causal", block_size=s))(tokens[:, :8], lengths)
     full, _ = model.forward(params, tokens, mask="block_causal", block_size=s)
+    _, extend, commit, _ = _jitted(model)
     chex.assert_trees_all_close(logits[0], full[0, :8], atol=1e-5)
     chex.assert_trees_all_close(logits[1, :4], full[1, :4], atol=1e-5)
     for step in range(2):
         start = lengths + s * step
         block = tokens[jnp.arange(2)[:, None], start[:, None] + jnp.arange(s)]
-        got, _, pending = model.extend(params, cache, block, block_parents(s))
+        got, _, pending = extend(params, cache, block, block_parents(s))
         for row in range(2):
             at = int(start[row])
             chex.assert_trees_all_close(got[row], full[row, at:at + s], atol=1e-5)
-        cache = model.commit(cache, pending, jnp.tile(jnp.arange(s), (2, 1)), jnp.array([s, s]))
+        cache = commit(cache, pending, jnp.tile(jnp.arange(s), (2, 1)), jnp.array([s, s]))
     np.testing.assert_array_equal(cache.lengths, lengths + 2 * s)
 
 

@@ -59,6 +59,14 @@ def assert_speculative_equals_ar(model, params, prompts, drafter, drafter_params
     return got
 
 
+def assert_loss_falls(losses: dict, by: float = 1.0, *context):
+    """The mean train loss of the last 5 steps is at least `by` below that of the first 5."""
+    steps = sorted(losses)
+    first = np.mean([losses[s] for s in steps[:5]])
+    last = np.mean([losses[s] for s in steps[-5:]])
+    assert last < first - by, (*context, first, last)
+
+
 def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
     """A parents array of a chain, a star, a random topologically ordered tree, one block of
     nodes that all see each other, or a random tree of blocks (runs of SAME_BLOCK = -2)."""

@@ -49,6 +49,18 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int,
     return tokens, lengths
 
 
+def check_budget_and_key(max_new_tokens: int, sampler: Sampler, rng):
+    """What every decoder checks first: a positive token budget, and a PRNG key when sampling
+    (greedy decoding gets a fixed one). Returns the key."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if rng is None:
+        if not sampler.greedy:
+            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
+        rng = jax.random.key(0)
+    return rng
+
+
 def prepare_request(prompts, *, vocab_size: int, pad_id: int, max_new_tokens: int,
                     sampler: Sampler, rng, max_len: int | None, extra_slots: int = 0,
                     extra_what: str = ""):
@@ -58,12 +70,7 @@ def prepare_request(prompts, *, vocab_size: int, pad_id: int, max_new_tokens: in
     tree's nodes); `max_len` defaults to that, rounded up to a bucket. Returns
     (tokens, lengths, rng, max_len).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if rng is None:
-        if not sampler.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
-        rng = jax.random.key(0)
+    rng = check_budget_and_key(max_new_tokens, sampler, rng)
     tokens, lengths = pad_prompts(prompts, vocab_size, pad_id)
     longest = int(lengths.max())
     need = longest + max_new_tokens + extra_slots

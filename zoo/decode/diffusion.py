@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.trees import SAME_BLOCK, block_parents
-from zoo.decode.ar import pad_prompts
+from zoo.decode.ar import check_budget_and_key, pad_prompts
 from zoo.decode.sampling import Sampler
 
 FAR = 2**30  # the block id of padding: after every real block, so no real token sees it
@@ -90,13 +90,8 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
              eos_id: int, pad_id: int, mask_id: int) -> DiffusionGeneration:
     """Sample an answer of `max_new_tokens` after every prompt. `model_block_size` is the run's
     `objective.block_size` (0: trained on one bidirectional window; s: block diffusion)."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    rng = check_budget_and_key(max_new_tokens, how.sampler, rng)
     s, steps_per_block = how.check(max_new_tokens)
-    if rng is None:
-        if not how.sampler.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
-        rng = jax.random.key(0)
     tokens, lengths = pad_prompts(prompts, model.vocab_size, pad_id)
     out, forwards = _sample(params, jnp.asarray(tokens), jnp.asarray(lengths), rng, model=model,
                             span=max_new_tokens, block=s, steps_per_block=steps_per_block,

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.trees import block_parents
-from zoo.decode.ar import CACHE_BUCKET, PROMPT_BUCKET, _round_up, pad_prompts
+from zoo.decode.ar import (CACHE_BUCKET, PROMPT_BUCKET, _round_up, check_budget_and_key,
+                           pad_prompts)
 from zoo.decode.sampling import Sampler
 
 
@@ -77,12 +78,7 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, block_size: int
     rounded up); a request that cannot fit raises before any work. `keep_logits` also returns
     the logits of every decoded block (for tests).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if rng is None:
-        if not sampler.greedy:
-            raise ValueError("sampling with temperature > 0 needs an explicit PRNG key `rng`")
-        rng = jax.random.key(0)
+    rng = check_budget_and_key(max_new_tokens, sampler, rng)
     s = block_size
     tokens, whole, forced, n_forced, _ = prepare_blocks(prompts, s, vocab_size=model.vocab_size,
                                                         pad_id=pad_id)

@@ -149,6 +149,7 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
     real = positions < (lengths + span)[:, None]
     at_answer = lengths[:, None] + jnp.arange(span)  # [B, G] positions of the answer
     answer = jnp.full((b, span), mask_id, jnp.int32)
+    use_cache = how.cache and how.block_size > 0  # else every step re-runs the whole sequence
 
     def quota(step):
         """Vanilla: tokens to unmask at `step` of a block (an even split over the steps)."""
@@ -221,7 +222,6 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
         # Once every row's answer is decided (EOS), later blocks cost nothing.
         return jax.lax.cond(masked_now(answer).any(), run_block, lambda st: st, state)
 
-    use_cache = how.cache and how.block_size > 0
     forwards, cache = jnp.int32(0), None
     if use_cache:
         in_prompt = positions[:, :p_width] < lengths[:, None]

@@ -103,6 +103,11 @@ def main(argv=None) -> int:
 
     try:
         config, params = load_run(args.checkpoint, args.step)
+        if config.heads.kind != "none":
+            raise ValueError(
+                f"{args.checkpoint} is a run of {config.heads.kind} draft heads, not a model; "
+                f"decode with their target: --checkpoint {config.heads.target_run} "
+                f"--speculative {config.heads.kind} --draft-checkpoint {args.checkpoint}")
         if args.kernel_backend is not None:
             config = dataclasses.replace(config, decode=dataclasses.replace(
                 config.decode, kernel_backend=args.kernel_backend))

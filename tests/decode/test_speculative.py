@@ -1,12 +1,16 @@
 """Speculative decoding is lossless: greedy output == AR greedy output, token for token."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zoo.data.tokenizer import PAD_ID
 from zoo.decode import ar, speculative
-from zoo.decode.drafters import DraftModelChain, PromptLookup
+from zoo.decode.drafters import Draft, DraftModelChain, PromptLookup, TokenRecycling
+from zoo.decode.trees import PRESETS
 from zoo.models import build_model
 
 from conftest import assert_speculative_equals_ar, tiny_model_config
@@ -44,9 +48,12 @@ def test_greedy_speculative_equals_ar(tiny_model_and_params, draft_pair, name, b
     got = assert_speculative_equals_ar(model, params, _prompts(batch, batch), drafter,
                                        drafter_params,
                                        max_new_tokens=23)  # the limit falls inside a tree
-    assert got.tau >= 1.0
-    if name == "self_draft":
-        assert got.tau > drafter.num_draft  # the target drafting for itself is always accepted
+    # One forward emits at most max_depth + 1 tokens; tau counts them all over all forwards.
+    emitted = got.num_tokens - 1  # the first token comes from the prefill
+    assert np.all(got.target_forwards >= -(-emitted // (drafter.max_depth + 1)))
+    assert got.tau == pytest.approx(emitted.sum() / got.target_forwards.sum())
+    if name == "self_draft":  # the target drafting for itself is always accepted: 22 = 5+5+5+5+2
+        np.testing.assert_array_equal(got.target_forwards, 5)
 
 
 @pytest.mark.parametrize("name", ["prompt_lookup", "self_draft"])
@@ -65,8 +72,50 @@ def test_eos_inside_a_tree_stops_the_row_there(tiny_model_and_params, draft_pair
     assert want.num_tokens[0] <= 7
 
 
-def test_cache_too_small_for_the_tree_is_rejected(tiny_model_and_params):
+def test_a_big_tree_needs_no_cache_slots_beyond_ar(tiny_model_and_params):
+    """Tree nodes stay pending and only the accepted path is committed, so a 63-node tree
+    decodes in the cache AR needs (prompt + new tokens), and a smaller cache is refused."""
     model, params = tiny_model_and_params
-    with pytest.raises(ValueError, match="6-node tree it needs a KV cache of 26"):
-        speculative.generate(model, params, [[1] * 10], drafter=PromptLookup(num_draft=5),
-                             max_new_tokens=10, eos_id=-1, pad_id=PAD_ID, max_len=24)
+    prompts = _prompts(5, 2)
+    drafter = TokenRecycling(vocab_size=model.vocab_size, tree=PRESETS["medusa_63"])
+    tight = max(map(len, prompts)) + 20
+    assert_speculative_equals_ar(model, params, prompts, drafter, max_new_tokens=20,
+                                 max_len=tight)
+    with pytest.raises(ValueError, match=f"needs a KV cache of {tight} but the cache holds"):
+        speculative.generate(model, params, prompts, drafter=drafter, max_new_tokens=20,
+                             eos_id=-1, pad_id=PAD_ID, max_len=tight - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BadTreeLookup(PromptLookup):
+    """Prompt lookup whose third step drafts node 2 under itself (no longer a tree)."""
+
+    def propose(self, params, state, last, rng):
+        draft, state = super().propose(params, state, last, rng)
+        broken = draft.parents.at[:, 2].set(2)
+        return Draft(draft.tokens, jnp.where(state["length"][:, None] > 12, broken,
+                                             draft.parents)), state
+
+
+def test_a_drafter_proposing_a_bad_tree_is_named(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    with pytest.raises(ValueError, match=r"BadTreeLookup proposed an invalid tree at step \d"):
+        speculative.generate(model, params, [[1, 2, 3] * 3], drafter=BadTreeLookup(num_draft=3),
+                             max_new_tokens=30, eos_id=-1, pad_id=PAD_ID)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortDraftLookup(PromptLookup):
+    """Declares num_draft nodes but drafts one fewer."""
+
+    def propose(self, params, state, last, rng):
+        draft, state = super().propose(params, state, last, rng)
+        return Draft(draft.tokens[:, :-1], draft.parents[:, :-1]), state
+
+
+def test_a_draft_of_the_wrong_shape_is_named_before_work(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    with pytest.raises(ValueError, match=r"ShortDraftLookup drafted tokens of shape \(1, 3\); "
+                                         r"its num_nodes=4 at batch 1 needs \(1, 4\)"):
+        speculative.generate(model, params, [[1, 2, 3]], drafter=ShortDraftLookup(num_draft=3),
+                             max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)

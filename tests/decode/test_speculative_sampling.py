@@ -22,8 +22,8 @@ import pytest
 from scipy import stats
 
 from zoo.config import ModelConfig
-from zoo.decode import speculative
-from zoo.decode.drafters import Draft, PromptLookup, TokenRecycling
+from zoo.decode import speculative, verify
+from zoo.decode.drafters import Draft, DraftModelChain, PromptLookup, TokenRecycling
 from zoo.decode.trees import static_tree
 from zoo.decode.sampling import Sampler
 from zoo.models import build_model
@@ -95,6 +95,43 @@ def test_wrong_rule_is_caught(small_vocab_target):
     model, params = small_vocab_target
     tokens = run(model, params, WrongRuleLookup(num_draft=3, max_ngram=2))
     assert chi_square_pvalue(tokens, exact_joint(model, params)) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def small_vocab_draft():
+    """An independent random draft LM over the same 8 tokens."""
+    model = build_model(ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
+                                    mlp_dim=32, init_std=0.5))
+    return model, model.init(jax.random.key(4))
+
+
+def _resample_from_p(residual, fallback):
+    """The mutation: after a rejection sample from p itself instead of norm(max(p - q, 0)),
+    the classic speculative-sampling bug."""
+    return fallback
+
+
+@pytest.mark.parametrize("mutated", [False, True])
+def test_sampled_draft_model_chain_matches_ar(small_vocab_target, small_vocab_draft, mutated):
+    """The draft LM sampling its chain (rule "iid": the ratio test against its own q) is exact;
+    with the residual mutated the same test rejects it."""
+    model, params = small_vocab_target
+    draft, draft_params = small_vocab_draft
+    drafter = DraftModelChain(draft, num_draft=2, sampler=SAMPLER)
+    original = verify._normalize
+    if mutated:
+        verify._normalize = _resample_from_p
+        jax.clear_caches()  # retrace the engine with the mutated rule
+    try:
+        out = speculative.generate(model, params, [PROMPT] * N, drafter=drafter,
+                                   drafter_params=draft_params, max_new_tokens=NEW,
+                                   sampler=SAMPLER, rng=jax.random.key(1), eos_id=-1, pad_id=PAD)
+    finally:
+        verify._normalize = original
+        jax.clear_caches()
+    assert (out.target_forwards == 1).mean() > 0.05
+    pvalue = chi_square_pvalue(out.tokens, exact_joint(model, params))
+    assert pvalue < 1e-6 if mutated else pvalue > ALPHA
 
 
 @pytest.mark.parametrize("family", ["mamba2", "hybrid"])

@@ -161,3 +161,12 @@ def test_zoo_generate_rejects_bad_drafter_arguments(target_run, medusa_run, caps
     args = [a.format(medusa=medusa_run, target=target_run) for a in args]
     assert generate_cli(["--checkpoint", str(target_run), "--prompt", "x", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_zoo_generate_on_a_heads_run_names_its_target(target_run, medusa_run, capsys):
+    """A heads run holds no LM: generating from it says which run to decode with instead."""
+    from launch.generate import main as generate_cli
+    assert generate_cli(["--checkpoint", str(medusa_run), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"{medusa_run} is a run of medusa draft heads" in err
+    assert f"--checkpoint {target_run} --speculative medusa --draft-checkpoint {medusa_run}" in err

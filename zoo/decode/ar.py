@@ -62,23 +62,21 @@ def check_budget_and_key(max_new_tokens: int, sampler: Sampler, rng):
 
 
 def prepare_request(prompts, *, vocab_size: int, pad_id: int, max_new_tokens: int,
-                    sampler: Sampler, rng, max_len: int | None, extra_slots: int = 0,
-                    extra_what: str = ""):
+                    sampler: Sampler, rng, max_len: int | None):
     """Validate a generation request before any work and size its KV cache.
 
-    The cache must hold the longest prompt, its new tokens and `extra_slots` (e.g. a draft
-    tree's nodes); `max_len` defaults to that, rounded up to a bucket. Returns
-    (tokens, lengths, rng, max_len).
+    The cache must hold the longest prompt and its new tokens; `max_len` defaults to that,
+    rounded up to a bucket. Returns (tokens, lengths, rng, max_len).
     """
     rng = check_budget_and_key(max_new_tokens, sampler, rng)
     tokens, lengths = pad_prompts(prompts, vocab_size, pad_id)
     longest = int(lengths.max())
-    need = longest + max_new_tokens + extra_slots
+    need = longest + max_new_tokens
     if max_len is None:
         max_len = _round_up(max(need, tokens.shape[1]), CACHE_BUCKET)
     if need > max_len:
         raise ValueError(f"prompt {int(lengths.argmax())} has {longest} tokens; with "
-                         f"max_new_tokens={max_new_tokens}{extra_what} it needs a KV cache of "
+                         f"max_new_tokens={max_new_tokens} it needs a KV cache of "
                          f"{need} but the cache holds {max_len}")
     if tokens.shape[1] > max_len:  # the bucket overshoots a tight cache: pad less
         tokens = tokens[:, :max_len]

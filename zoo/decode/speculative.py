@@ -22,6 +22,7 @@ import numpy as np
 
 from zoo.decode.ar import Generation, prepare_request
 from zoo.decode.sampling import Sampler
+from zoo.decode.trees import valid_trees
 from zoo.decode.verify import verify_greedy, verify_stochastic
 
 
@@ -37,15 +38,19 @@ def generate(target, target_params, prompts: Sequence[Sequence[int]], *, drafter
              eos_id: int, pad_id: int, max_len: int | None = None) -> SpeculativeGeneration:
     """Like `zoo.decode.ar.generate`, with a drafter; the output is what AR decoding gives
     (greedy: token for token; sampling: in distribution)."""
-    # The tree's nodes sit past the committed tokens, so the cache needs room for them too.
+    # The tree's nodes never enter the cache (extend keeps them pending; commit copies only the
+    # accepted path), so the cache needs what AR decoding needs, whatever the tree's size.
     tokens, lengths, rng, max_len = prepare_request(
         prompts, vocab_size=target.vocab_size, pad_id=pad_id, max_new_tokens=max_new_tokens,
-        sampler=sampler, rng=rng, max_len=max_len, extra_slots=drafter.num_nodes,
-        extra_what=f" and a {drafter.num_nodes}-node tree")
-    out, num, forwards = _decode(target_params, drafter_params, jnp.asarray(tokens),
+        sampler=sampler, rng=rng, max_len=max_len)
+    out, num, forwards, bad_step = _decode(target_params, drafter_params, jnp.asarray(tokens),
                                  jnp.asarray(lengths), rng, target=target, drafter=drafter,
                                  sampler=sampler, max_new_tokens=max_new_tokens, max_len=max_len,
                                  eos_id=eos_id, pad_id=pad_id)
+    if int(bad_step):
+        raise ValueError(f"{type(drafter).__name__} proposed an invalid tree at step "
+                         f"{int(bad_step)}: parents must be -1 at node 0 and in [0, i) at node i, "
+                         f"no deeper than its max_depth {drafter.max_depth}")
     out, num, forwards = np.asarray(out), np.asarray(num), np.asarray(forwards)
     # The first token comes from the prefill, not from a tree forward.
     tau = float((num - 1).sum() / max(forwards.sum(), 1))
@@ -70,12 +75,15 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
     forwards = jnp.zeros((batch,), jnp.int32)
 
     def cond(state):
-        return ~jnp.all(state[5])
+        return ~jnp.all(state[5]) & (state[8] == 0)
 
     def body(state):
-        step, cache, drafter_state, last, out, done, num, forwards = state
+        step, cache, drafter_state, last, out, done, num, forwards, bad_step = state
         draft_rng, verify_rng = jax.random.split(jax.random.fold_in(rng, step))
         draft, drafter_state = drafter.propose(drafter_params, drafter_state, last, draft_rng)
+        _check_shapes(drafter, draft, batch)
+        # A bad tree would not fail on device, only mask and commit the wrong nodes: stop there.
+        bad_step = jnp.where(jnp.all(valid_trees(draft.parents, drafter.max_depth)), 0, step)
         logits, hidden, pending = target.extend(target_params, cache, draft.tokens, draft.parents)
         if sampler.greedy:
             verdict = verify_greedy(draft.tokens, draft.parents, logits, drafter.max_depth)
@@ -97,8 +105,18 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
         forwards = forwards + (~done).astype(jnp.int32)
         num = num + count
         done = done | (eos_at < count) | (num >= max_new_tokens)
-        return step + 1, cache, drafter_state, verdict.bonus, out, done, num, forwards
+        return step + 1, cache, drafter_state, verdict.bonus, out, done, num, forwards, bad_step
 
-    state = (jnp.int32(1), cache, drafter_state, first, out, done, num, forwards)
+    state = (jnp.int32(1), cache, drafter_state, first, out, done, num, forwards, jnp.int32(0))
     state = jax.lax.while_loop(cond, body, state)
-    return state[4], state[6], state[7]
+    return state[4], state[6], state[7], state[8]
+
+
+def _check_shapes(drafter, draft, batch: int) -> None:
+    """At trace time, before any work: the draft has the shape the drafter declares."""
+    want = (batch, drafter.num_nodes)
+    for name in ("tokens", "parents"):
+        got = getattr(draft, name).shape
+        if got != want:
+            raise ValueError(f"{type(drafter).__name__} drafted {name} of shape {got}; its "
+                             f"num_nodes={drafter.num_nodes} at batch {batch} needs {want}")

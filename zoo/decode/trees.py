@@ -19,7 +19,7 @@ import numpy as np
 from kernels.trees import ancestor_mask, chain_parents, node_depths
 
 __all__ = [
-    "ancestor_mask", "node_depths", "chain_parents", "position_ids", "validate_parents",
+    "ancestor_mask", "node_depths", "chain_parents", "position_ids", "validate_parents", "valid_trees",
     "StaticTree", "static_tree", "chain_tree", "PRESETS", "leaves", "root_to_leaf_paths",
     "SelectedTree", "select_dynamic_tree", "Expansion", "expand_candidates",
 ]
@@ -61,6 +61,16 @@ def validate_parents(parents) -> np.ndarray:
             why = f"has parent {p}, which is not before it (a tree is topological: parents[i] < i)"
         raise ValueError(f"parents {where} {why}")
     return arr.astype(np.int32)
+
+
+def valid_trees(parents: jnp.ndarray, max_depth: int) -> jnp.ndarray:
+    """bool[B]: which rows of an int32[B, T] parents array are trees `validate_parents` would
+    accept, no deeper than `max_depth`; the jittable check for trees drafted on device."""
+    nodes = jnp.arange(parents.shape[1])
+    ok = jnp.where(nodes == 0, parents == -1, (parents >= 0) & (parents < nodes))
+    # Depths are only meaningful on valid rows; a bad row is already false.
+    depth_ok = node_depths(jnp.where(ok, parents, -1)) <= max_depth
+    return jnp.all(ok & depth_ok, axis=1)
 
 
 # --- Static trees ---------------------------------------------------------------------------

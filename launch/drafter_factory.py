@@ -10,11 +10,15 @@ spec and loads what it needs (a draft model's or draft heads' checkpoint).
                                                  children, W expanded per depth, B nodes kept
     medusa, hydra   preset or chainN (medusa_small)  a draft-heads run on this target
 
-Presets are `zoo.decode.trees.PRESETS` (chain4, medusa_small, medusa_63).
+Presets are `zoo.decode.trees.PRESETS` (chain4, medusa_small, medusa_63). Every drafter but
+draft_dynamic also takes `auto` (`choose_tree`): the tree, chain or no speculation that
+maximises measured tokens/s on this device and batch.
 """
 
 import pathlib
 import re
+
+import jax
 
 from zoo import config as config_lib
 from zoo.decode.drafters import (DraftModelChain, DraftModelStaticTree, DraftModelTree,
@@ -33,6 +37,10 @@ DEFAULT_TREES = {"prompt_lookup": "chain6", "recycling": "medusa_small", "draft"
 DRAFTERS = sorted(DEFAULT_TREES)
 MODEL_DRAFTERS = ("draft", "draft_tree", "draft_dynamic")  # need a draft LM run
 HEAD_DRAFTERS = ("medusa", "hydra")  # need a draft-heads run
+CHAIN_DRAFTERS = ("prompt_lookup", "draft")  # draft chains only
+# --tree auto: deepest tree (head drafters: their number of heads), candidates per node,
+# calibration prompts (at least this many for acceptance) and their length.
+AUTO_MAX_DEPTH, AUTO_FAN, AUTO_ACCEPTANCE_PROMPTS, AUTO_PROMPT_BYTES = 6, 4, 8, 96
 
 
 def _chain_length(tree: str) -> int:
@@ -102,20 +110,57 @@ def _heads(run, target_config, target_params, kind):
     return build_heads(config.heads, config.model), {"heads": params, "target": target_params}
 
 
-def make_drafter(name: str, *, tree: str | None, target_config, target_params, sampler,
-                 draft_run=None):
-    """(drafter, drafter_params) for a drafter name and tree spec (see the module docstring).
+def make_drafter(name: str, *, tree: str | StaticTree | None, target_config, target_params,
+                 sampler, draft_run=None):
+    """(drafter, drafter_params) for a drafter name and tree spec (see the module docstring) or
+    a `StaticTree` template.
 
     `draft_run`: the run directory of the draft LM (default: configs/experiments/code_draft's)
     or, for medusa / hydra, of the heads (required).
     """
+    tree = tree or DEFAULT_TREES.get(name)
+    if name == "draft_dynamic" and not isinstance(tree, StaticTree):
+        sizes = _dynamic(tree)  # check the spec before loading anything
+        model, params = _draft_model(draft_run or _default_draft_run(), target_config)
+        return DraftModelTree(model, **sizes), params
+    build = drafter_builder(name, target_config=target_config, target_params=target_params,
+                            sampler=sampler, draft_run=draft_run, check_tree=tree)
+    return build(tree if isinstance(tree, StaticTree) else _template(name, tree))
+
+
+def _default_draft_run() -> str:
+    return config_lib.load(DRAFT_EXPERIMENT).train.run_dir
+
+
+def _template(name: str, tree: str) -> StaticTree:
+    if name in CHAIN_DRAFTERS:
+        return chain_tree(_chain_length(tree))
+    return static_template(tree)
+
+
+def drafter_builder(name: str, *, target_config, target_params, sampler, draft_run=None,
+                    check_tree=None):
+    """A function template -> (drafter, drafter_params) for a static-tree or chain drafter,
+    loading its checkpoint once (so calibration can try many templates). `check_tree`: a spec
+    to validate before anything is loaded."""
     if name not in DEFAULT_TREES:
         raise ValueError(f"unknown drafter {name!r}; choose one of {DRAFTERS}")
-    tree = tree or DEFAULT_TREES[name]
+    if name == "draft_dynamic":
+        raise ValueError("draft_dynamic grows its own tree each step; give its sizes "
+                         "(dDkKwWbB) instead of a template")
+    if isinstance(check_tree, str):
+        _template(name, check_tree)
+
+    def chain_length(template: StaticTree) -> int:
+        if max(template.topk_per_depth) != 1:
+            raise ValueError(f"{name} drafts chains; the tree {template.paths} is not a chain")
+        return template.max_depth
+
     if name == "prompt_lookup":
-        return PromptLookup(num_draft=_chain_length(tree)), None
+        return lambda template: (PromptLookup(num_draft=chain_length(template)), None)
     if name == "recycling":
-        return TokenRecycling(target_config.model.vocab_size, static_template(tree)), None
+        vocab = target_config.model.vocab_size
+        return lambda template: (TokenRecycling(vocab, template), None)
     if name in HEAD_DRAFTERS:
         if not draft_run:
             raise ValueError(f"{name} needs the run directory of its trained heads "
@@ -123,19 +168,63 @@ def make_drafter(name: str, *, tree: str | None, target_config, target_params, s
                              f"heads.kind={name} experiment")
         heads, params = _heads(draft_run, target_config, target_params, name)
         cls = MedusaDrafter if name == "medusa" else HydraDrafter
-        return cls(heads, static_template(tree)), params
-    run = draft_run or config_lib.load(DRAFT_EXPERIMENT).train.run_dir
+        return lambda template: (cls(heads, template), params)
+    model, params = _draft_model(draft_run or _default_draft_run(), target_config)
     if name == "draft":
-        length = _chain_length(tree)  # check the spec before loading anything
-        model, params = _draft_model(run, target_config)
-        return DraftModelChain(model, length, sampler), params
-    if name == "draft_tree":
-        template = static_template(tree)
-        model, params = _draft_model(run, target_config)
-        return DraftModelStaticTree(model, template), params
-    sizes = _dynamic(tree)
-    model, params = _draft_model(run, target_config)
-    return DraftModelTree(model, **sizes), params
+        return lambda template: (DraftModelChain(model, chain_length(template), sampler), params)
+    return lambda template: (DraftModelStaticTree(model, template), params)
 
 
-__all__ = ["DEFAULT_TREES", "DRAFTERS", "ensure_trained", "make_drafter", "static_template"]
+def max_depth_of(name: str, target_config, draft_run=None) -> int:
+    """The deepest tree `--tree auto` considers: the number of heads for head drafters."""
+    if name in HEAD_DRAFTERS and draft_run:
+        return config_lib.load(pathlib.Path(draft_run) / "config.yaml").heads.num_heads
+    return AUTO_MAX_DEPTH
+
+
+def calibration_key(name: str, *, batch: int, sampler, depth: int, fan: int,
+                    draft_run=None) -> str:
+    """What a calibration depends on besides the target: drafter, device, batch, sampling."""
+    device = jax.devices()[0]
+    return (f"{name} | draft {draft_run or '-'} | {device.platform} {device.device_kind} | "
+            f"batch {batch} | temperature {sampler.temperature} | depth {depth} fan {fan}")
+
+
+def choose_tree(name: str, *, target_config, target_params, sampler, run_dir, batch: int,
+                draft_run=None, log=print):
+    """`--tree auto`: the `zoo.decode.tree_search.Choice` (a tree, or no speculation) with the
+    most expected tokens/s for this drafter, target, device and batch size. The calibration
+    (costs and acceptance) is measured once and cached in `run_dir`/tree_calibration.json."""
+    from zoo.decode import calibration
+    from zoo.decode.tree_search import best_tree
+
+    build = drafter_builder(name, target_config=target_config, target_params=target_params,
+                            sampler=sampler, draft_run=draft_run)
+    depth = max_depth_of(name, target_config, draft_run)
+    fan = 1 if name in CHAIN_DRAFTERS else AUTO_FAN
+    key = calibration_key(name, batch=batch, sampler=sampler, depth=depth, fan=fan,
+                          draft_run=draft_run)
+    path = pathlib.Path(run_dir) / calibration.FILENAME
+    cal = calibration.load(path, key)
+    if cal is None:
+        log(f"tree auto: calibrating {name} at batch {batch} on {jax.devices()[0].device_kind} "
+            f"(once; cached in {path}) ...")
+        from zoo.data import code_corpus
+        from zoo.data.tokenizer import ByteTokenizer
+        from zoo.models import build_model
+        docs = code_corpus.corpus_documents(target_config.data.corpus,
+                                            target_config.data.data_dir, "validation")
+        docs = [d for d in docs if len(d.encode()) >= AUTO_PROMPT_BYTES] or docs
+        tok = ByteTokenizer()
+        prompts = [tok.encode(docs[i % len(docs)].encode()[:AUTO_PROMPT_BYTES].decode(
+            "utf-8", "ignore"), bos=True) for i in range(max(batch, AUTO_ACCEPTANCE_PROMPTS))]
+        target = build_model(target_config.model, target_config.decode.kernel_backend)
+        cal = calibration.calibrate(target, target_params, build, prompts[:batch],
+                                    acceptance_prompts=prompts, sampler=sampler, max_depth=depth,
+                                    fan=fan)
+        calibration.save(path, key, cal)
+    return best_tree(cal.acceptance, cal.costs, max_depth=depth)
+
+
+__all__ = ["DEFAULT_TREES", "DRAFTERS", "calibration_key", "choose_tree", "drafter_builder",
+           "ensure_trained", "make_drafter", "static_template"]

@@ -25,6 +25,17 @@ import sys
 import time
 
 
+def _describe(choice) -> str:
+    """One line on what `--tree auto` chose and why."""
+    if choice.tree is None:
+        return (f"no speculation (nothing beats the plain step's "
+                f"{choice.ar_tokens_per_second:.0f} tokens/s on this device and batch)")
+    tree = choice.tree
+    return (f"{tree.num_nodes} nodes, depth {tree.max_depth}, candidates per depth "
+            f"{list(tree.topk_per_depth)}: expected {choice.tokens_per_step:.2f} tokens per step "
+            f"at {choice.seconds_per_step * 1e3:.1f} ms, {choice.speedup:.2f}x the plain step")
+
+
 def _timed(fn):
     """(result, compile seconds, run seconds): the first call compiles (once per shape bucket)."""
     start = time.perf_counter()
@@ -52,8 +63,10 @@ def main(argv=None) -> int:
                              "prompt_lookup, recycling, draft, draft_tree, draft_dynamic, "
                              "medusa, hydra")
     parser.add_argument("--tree", help="the drafter's tree: chainN, a preset (medusa_small, "
-                                       "medusa_63) or dDkKwWbB for draft_dynamic (default per "
-                                       "drafter)")
+                                       "medusa_63), dDkKwWbB for draft_dynamic, or auto: the "
+                                       "tree with the most tokens/s measured on this device "
+                                       "and batch (calibrated once, cached in the run; may be "
+                                       "no speculation) (default per drafter)")
     parser.add_argument("--kernel-backend",
                         help="backend of the tree kernels (tree attention, SSM tree scan): "
                              "auto, xla, reference, pallas_tpu, pallas_gpu (a Pallas kernel off "
@@ -94,7 +107,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from launch.drafter_factory import make_drafter
+    from launch.drafter_factory import choose_tree, make_drafter
     from zoo.data.tokenizer import ByteTokenizer
     from zoo.decode import ar, next_block, speculative
     from zoo.decode.sampling import Sampler
@@ -126,9 +139,16 @@ def main(argv=None) -> int:
             raise ValueError(f"--speculative verifies a next-token model; this run's objective "
                              f"is {config.objective.kind!r}")
         drafter = drafter_params = None
-        if args.speculative:
+        tree, speculate = args.tree, bool(args.speculative)
+        if speculate and tree == "auto":
+            choice = choose_tree(args.speculative, target_config=config, target_params=params,
+                                 sampler=sampler, run_dir=args.checkpoint, batch=len(texts),
+                                 draft_run=args.draft_checkpoint)
+            tree, speculate = choice.tree, choice.tree is not None
+            print(f"tree auto: {_describe(choice)}")
+        if speculate:
             drafter, drafter_params = make_drafter(
-                args.speculative, tree=args.tree, target_config=config,
+                args.speculative, tree=tree, target_config=config,
                 target_params=params, sampler=sampler, draft_run=args.draft_checkpoint)
     except (FileNotFoundError, ValueError) as e:
         print(f"zoo-generate: {e}", file=sys.stderr)

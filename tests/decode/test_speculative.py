@@ -119,3 +119,22 @@ def test_a_draft_of_the_wrong_shape_is_named_before_work(tiny_model_and_params):
                                          r"its num_nodes=4 at batch 1 needs \(1, 4\)"):
         speculative.generate(model, params, [[1, 2, 3]], drafter=ShortDraftLookup(num_draft=3),
                              max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
+
+
+def test_positional_acceptance_is_counted(tiny_model_and_params):
+    """The target drafting its own top-k in the medusa_small template: its best guess is always
+    accepted, every other rank never; each step offers the template's fan-out along the
+    rank-0 chain (4, 3, 2, 1 candidates at depths 0-3)."""
+    from zoo.decode.drafters import DraftModelStaticTree
+    model, params = tiny_model_and_params
+    drafter = DraftModelStaticTree(model, PRESETS["medusa_small"])
+    got = assert_speculative_equals_ar(model, params, _prompts(7, 3), drafter, params,
+                                       max_new_tokens=16)
+    steps = got.target_forwards.sum()
+    fan_out = np.zeros_like(got.offered)
+    for depth, children in enumerate([4, 3, 2, 1]):
+        fan_out[depth, :children] = 1
+    np.testing.assert_array_equal(got.offered, steps * fan_out)
+    np.testing.assert_array_equal(got.accepted[:, 0], steps)
+    np.testing.assert_array_equal(got.accepted[:, 1:], 0)
+    np.testing.assert_allclose(got.acceptance[:, 0], 1.0)

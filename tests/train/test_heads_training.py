@@ -170,3 +170,33 @@ def test_zoo_generate_on_a_heads_run_names_its_target(target_run, medusa_run, ca
     err = capsys.readouterr().err
     assert f"{medusa_run} is a run of medusa draft heads" in err
     assert f"--checkpoint {target_run} --speculative medusa --draft-checkpoint {medusa_run}" in err
+
+
+@pytest.mark.parametrize("name, acceptance, draft_s, says", [
+    ("recycling", [[0.9, 0.05]], 0.0, "nodes, depth"),  # flat costs: a tree
+    ("prompt_lookup", [[0.9]], 0.0, "candidates per depth [1, 1"),  # a chain
+    ("recycling", [[0.01, 0.01]], 5e-3, "no speculation"),  # a hopeless drafter
+])
+def test_zoo_generate_tree_auto_follows_the_calibration(target_run, capsys, name, acceptance,
+                                                        draft_s, says):
+    """`--tree auto` decodes with the tree the cached calibration's costs and acceptance make
+    best (written here, as a calibration on another device would be), and still gives the AR
+    tokens."""
+    from launch.drafter_factory import AUTO_FAN, AUTO_MAX_DEPTH, calibration_key
+    from launch.generate import main as generate_cli
+    from zoo.decode import calibration
+    from zoo.decode.sampling import Sampler
+    from zoo.decode.tree_search import Costs
+
+    fan = 1 if name == "prompt_lookup" else AUTO_FAN
+    key = calibration_key(name, batch=1, sampler=Sampler(), depth=AUTO_MAX_DEPTH, fan=fan)
+    costs = Costs({1: 1e-3, 64: 1e-3}, (0.0,) + (draft_s,) * AUTO_MAX_DEPTH)
+    calibration.save(target_run / calibration.FILENAME, key,
+                     calibration.Calibration(tuple(map(tuple, acceptance)), costs))
+    assert generate_cli(["--checkpoint", str(target_run), "--prompt", "def f(x):", "--temperature",
+                         "0", "--max-new-tokens", "12", "--speculative", name,
+                         "--tree", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrating" not in out and "tree auto: " in out and says in out, out
+    if says != "no speculation":
+        assert "outputs identical" in out, out

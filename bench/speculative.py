@@ -7,11 +7,14 @@
 The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads are
 trained once after it (runs/bench/*, ~35 min on 2 CPU cores in all). Other targets (the Mamba2
 and hybrid reference models) are measured with the drafters that need no target-specific
-training: prompt lookup and the draft LM as chains, Token Recycling and the draft LM as trees. The benchmark first measures
-how a T-token tree step costs against a 1-token step (the premise of speculative decoding: a step
-bound by moving weights verifies T tokens for little more than the price of one). Prompts are
-the openings of the corpus' validation files. Greedy rows also check that the speculative tokens
-equal the AR tokens.
+training: prompt lookup and the draft LM as chains, Token Recycling and the draft LM as trees.
+The benchmark first measures how a T-token tree step costs against a 1-token step (the premise of
+speculative decoding: a step bound by moving weights verifies T tokens for little more than the
+price of one), as the engine runs it (extend, verify, commit in one jitted loop). "auto" rows
+decode with the tree `--tree auto` picks for that drafter, batch and temperature (calibrated
+once, cached in the target's run; "none" means plain decoding). Prompts are the openings of the
+corpus' validation files. Greedy rows also check that the speculative tokens equal the AR
+tokens.
 """
 
 import argparse
@@ -20,19 +23,18 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
 
-from kernels.trees import chain_parents  # noqa: E402
-from launch.drafter_factory import (HEAD_DRAFTERS, MODEL_DRAFTERS, ensure_trained,  # noqa: E402
-                                     make_drafter)
+from launch.drafter_factory import (HEAD_DRAFTERS, MODEL_DRAFTERS, choose_tree,  # noqa: E402
+                                     ensure_trained, make_drafter)
 from zoo import config as config_lib  # noqa: E402
 from zoo.data import code_corpus  # noqa: E402
 from zoo.data.tokenizer import ByteTokenizer  # noqa: E402
 from zoo.decode import ar, speculative  # noqa: E402
+from zoo.decode.calibration import extend_costs  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.models import build_model  # noqa: E402
 from zoo.train.loop import load_run  # noqa: E402
@@ -52,18 +54,10 @@ SPECS = [
     ("hydra", "chain4"),
     ("hydra", "medusa_small"),
 ]
-
-
-def step_cost(model, params, sizes=(1, 4, 8, 16, 32), repeats=10) -> dict[int, float]:
-    """Median seconds of one `extend` of a T-node chain at batch 1 on a 256-token cache."""
-    tokens = jnp.ones((1, 256), jnp.int32)
-    _, _, cache = jax.jit(model.prefill, static_argnums=3)(params, tokens, jnp.array([256]), 512)
-    extend = jax.jit(lambda p, c, t, par: model.extend(p, c, t, par)[0])
-    cost = {}
-    for t in sizes:
-        args = (params, cache, jnp.ones((1, t), jnp.int32), chain_parents(t)[None])
-        cost[t] = median_seconds(lambda: extend(*args).block_until_ready(), repeats=repeats)
-    return cost
+# `--tree auto` per drafter (zoo.decode.tree_search): the tree, chain or no speculation that the
+# calibration (cached in the target's run) says is fastest at this batch and temperature.
+AUTO = ["prompt_lookup", "recycling", "draft", "draft_tree", "medusa", "hydra"]
+COST_SIZES = (1, 4, 8, 16, 32)
 
 
 def prompts_from_corpus(corpus, data_dir, n, length=96) -> list[list[int]]:
@@ -99,13 +93,15 @@ def main(argv=None):
     if set(drafters) - available:
         parser.error(f"drafters {sorted(set(drafters) - available)} are not available for "
                      f"{args.target} (heads are trained for {CODE_REF})")
-    specs = [s for s in SPECS if s[0] in drafters]
+    specs = [s for s in SPECS if s[0] in drafters] + [(n, "auto") for n in AUTO if n in drafters]
     needed = {name for name, _ in specs}
     ensure_trained(args.target, *([DRAFT] if needed & set(MODEL_DRAFTERS) else []),
                    *[HEADS[kind] for kind in HEAD_DRAFTERS if kind in needed])
-    config, params = load_run(config_lib.load(args.target).train.run_dir)
+    run_dir = config_lib.load(args.target).train.run_dir
+    config, params = load_run(run_dir)
     target = build_model(config.model)
-    cost = step_cost(target, params)
+    # One target step (extend + verify + commit) per tree size, run as the engine runs it.
+    cost = extend_costs(target, params, [[1] * 256], COST_SIZES)
     weight_mb = sum(p.nbytes for p in jax.tree.leaves(params)) / 1e6
     print(f"target {config.name}: {weight_mb:.1f} MB of weights; one extend of T nodes costs "
           + ", ".join(f"T={t}: {c / cost[1]:.2f}x" for t, c in cost.items()) + " a 1-node step")
@@ -125,21 +121,33 @@ def main(argv=None):
             for name, tree in specs:
                 heads_run = (config_lib.load(HEADS[name]).train.run_dir
                              if name in HEAD_DRAFTERS else None)
-                drafter, dparams = make_drafter(name, tree=tree, target_config=config,
-                                                target_params=params, sampler=sampler,
-                                                draft_run=heads_run)
-                run = lambda: speculative.generate(  # noqa: E731
-                    target, params, prompts, drafter=drafter, drafter_params=dparams,
-                    sampler=sampler, rng=rng, **common)
-                out, s = timed(run, args.repeats)
+                shown, template = tree, tree
+                if tree == "auto":
+                    template = choose_tree(name, target_config=config, target_params=params,
+                                           sampler=sampler, run_dir=run_dir, batch=batch,
+                                           draft_run=heads_run).tree
+                    shown = "auto: " + ("none (AR)" if template is None else
+                                        f"{template.num_nodes} nodes, depth {template.max_depth}")
+                if template is None:  # auto chose plain decoding: that is what a user gets
+                    out, s = timed(lambda: ar.generate(target, params, prompts, sampler=sampler,
+                                                       rng=rng, **common), args.repeats)
+                else:
+                    drafter, dparams = make_drafter(name, tree=template, target_config=config,
+                                                    target_params=params, sampler=sampler,
+                                                    draft_run=heads_run)
+                    run = lambda: speculative.generate(  # noqa: E731
+                        target, params, prompts, drafter=drafter, drafter_params=dparams,
+                        sampler=sampler, rng=rng, **common)
+                    out, s = timed(run, args.repeats)
                 tps = out.num_tokens.sum() / s
+                tau = getattr(out, "tau", 1.0)  # plain decoding: one token per forward
                 exact = (bool(np.array_equal(out.tokens, base.tokens)) if sampler.greedy
                          else None)
-                record = {"drafter": name, "tree": tree, "batch": batch,
-                          "temperature": temperature, "tau": out.tau, "tokens_per_s": tps,
+                record = {"drafter": name, "tree": shown, "batch": batch,
+                          "temperature": temperature, "tau": tau, "tokens_per_s": tps,
                           "ar_tokens_per_s": ar_tps, "speedup": tps / ar_tps, "exact": exact}
                 records.append(record)
-                rows.append([name, tree or "—", batch, temperature, f"{out.tau:.2f}",
+                rows.append([name, shown or "—", batch, temperature, f"{tau:.2f}",
                              f"{tps:,.0f}", f"{ar_tps:,.0f}", f"{tps / ar_tps:.2f}x",
                              {True: "yes", False: "NO", None: "—"}[exact]])
                 print(" | ".join(map(str, rows[-1])), flush=True)

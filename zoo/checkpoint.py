@@ -44,6 +44,19 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"]
 
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        """Only the parameters of the train state at `step` (default latest), onto
+        `abstract_params`' structure, shapes, dtypes and shardings: what generation and export
+        need, without reading (or allocating) the optimizer's moments, twice the params again."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        item = {"params": abstract_params}
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)))
+        return restored["state"]["params"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

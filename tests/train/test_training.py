@@ -143,3 +143,29 @@ def test_ssm_models_train_and_decode_from_yaml(family, data_dir, tmp_path, capsy
                          "--max-new-tokens", "12", "--temperature", "0", "--speculative",
                          "recycling"]) == 0
     assert "outputs identical" in capsys.readouterr().out
+
+
+def test_load_run_restores_the_parameters_only(tiny_experiment, monkeypatch):
+    """Generation and export read the parameters alone (not the AdamW moments, twice their
+    size): load_run never restores the whole train state, and gets the same parameters."""
+    from zoo.models import build_model
+    from zoo.train.optimizer import make_optimizer
+    from zoo.train.steps import init_state
+
+    cfg = tiny_experiment("train.steps=4", "train.warmup_steps=1", "train.checkpoint_every=4",
+                          "train.eval_every=4")
+    train(cfg, progress=False)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(lambda: init_state(build_model(cfg.model),
+                                                 make_optimizer(cfg.train), jax.random.key(0)))
+    checkpointer = Checkpointer(f"{cfg.train.run_dir}/checkpoints", async_save=False)
+    state, _ = checkpointer.restore(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract))
+    checkpointer.close()
+
+    def whole_state(*args, **kwargs):
+        raise AssertionError("load_run restored the whole train state")
+
+    monkeypatch.setattr(Checkpointer, "restore", whole_state)
+    _, params = load_run(cfg.train.run_dir)
+    jax.tree.map(np.testing.assert_array_equal, params, state.params)

@@ -247,17 +247,16 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None,
     config = config_lib.load(run_dir / "config.yaml")
     trained = (build_model(config.model) if config.heads.kind == "none"
                else build_heads(config.heads, config.model))
-    tx = make_optimizer(config.train)
-    abstract = jax.eval_shape(lambda: init_state(trained, tx, jax.random.key(0)))
+    abstract = jax.eval_shape(trained.init, jax.random.key(0))
     if layout is None:
         shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), abstract)
     else:
-        shardings = StepShardings.for_state(abstract, trained.logical_axes(), tx, layout).state
+        shardings = layout.shardings(abstract, trained.logical_axes())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
-    try:
-        state, _ = checkpointer.restore(abstract, step)
+    try:  # the parameters only: the optimizer's moments stay on disk
+        params = checkpointer.restore_params(abstract, step)
     finally:
         checkpointer.close()
-    return config, state.params
+    return config, params

@@ -54,3 +54,31 @@ def test_invalid_sampler_settings():
         Sampler(temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         Sampler(temperature=1, top_p=0)
+
+
+def test_new_sampling_values_reuse_the_compiled_decoders(tiny_model_and_params):
+    """Temperature, top-k and top-p are traced: changing them compiles nothing new (switching
+    a filter on or off, or greedy vs sampled, is a different program)."""
+    from zoo.decode import ar, next_block
+    model, params = tiny_model_and_params
+    kw = dict(max_new_tokens=4, rng=jax.random.key(0), eos_id=-1, pad_id=0)
+    for decoder, run in [(ar._decode, lambda s: ar.generate(model, params, [[1, 2, 3]],
+                                                             sampler=s, **kw)),
+                         (next_block._decode, lambda s: next_block.generate(
+                             model, params, [[1, 2, 3, 4]], block_size=2, sampler=s, **kw))]:
+        run(Sampler(temperature=0.7, top_k=5, top_p=0.9))
+        compiled = decoder._cache_size()
+        for sampler in [Sampler(temperature=1.3, top_k=7, top_p=0.8), Sampler(0.2, 1, 0.99)]:
+            run(sampler)
+        assert decoder._cache_size() == compiled, decoder
+        run(Sampler(temperature=0.7))  # top-k and top-p off: another program
+        assert decoder._cache_size() == compiled + 1, decoder
+
+
+def test_a_traced_sampler_samples_as_the_concrete_one():
+    logits = jax.random.normal(jax.random.key(1), (64, 50)) * 3
+    sampler = Sampler(temperature=0.8, top_k=10, top_p=0.7)
+    traced = jax.jit(lambda s, x: s.logprobs(x))(sampler, logits)
+    np.testing.assert_allclose(traced, sampler.logprobs(logits), rtol=1e-6)
+    want = jax.lax.top_k(logits, 10)[0][:, -1:]  # top-k by lax.top_k, as a reference
+    assert not np.isfinite(np.asarray(traced)[np.asarray(logits < want)]).any()

@@ -100,7 +100,7 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     return Generation(np.asarray(out), np.asarray(num))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampler", "max_new_tokens", "max_len",
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len",
                                              "eos_id", "pad_id"))
 def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max_len, eos_id,
             pad_id):

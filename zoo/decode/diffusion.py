@@ -93,9 +93,11 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     rng = check_budget_and_key(max_new_tokens, how.sampler, rng)
     s, steps_per_block = how.check(max_new_tokens)
     tokens, lengths = pad_prompts(prompts, model.vocab_size, pad_id)
+    # The sampler travels as a traced argument (a new temperature reuses the program).
     out, forwards = _sample(params, jnp.asarray(tokens), jnp.asarray(lengths), rng, model=model,
                             span=max_new_tokens, block=s, steps_per_block=steps_per_block,
-                            how=how, model_block=model_block_size, eos_id=eos_id, pad_id=pad_id,
+                            how=dataclasses.replace(how, sampler=Sampler()), sampler=how.sampler,
+                            model_block=model_block_size, eos_id=eos_id, pad_id=pad_id,
                             mask_id=mask_id)
     out = np.asarray(out)
     is_eos = out == eos_id
@@ -113,11 +115,11 @@ def block_ids(positions, lengths, answer_block: int, prompt_block: int, real):
     return jnp.where(real, ids, FAR).astype(jnp.int32)
 
 
-def _choose(how: DiffusionSampler, rng, logits, masked, count):
+def _choose(how: DiffusionSampler, sampler: Sampler, rng, logits, masked, count):
     """(tokens [B, N], which masked positions to unmask bool[B, N]) for the logits [B, N, V] of
     the positions in play; `count` int32[B]: how many a vanilla step unmasks."""
-    tokens = how.sampler.sample(rng, logits)
-    scores = logits if how.sampler.greedy else how.sampler.logprobs(logits)
+    tokens = sampler.sample(rng, logits)
+    scores = logits if sampler.greedy else sampler.logprobs(logits)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
     conf = jnp.where(masked, jnp.take_along_axis(probs, tokens[..., None], -1)[..., 0], -1.0)
     rank = jnp.argsort(jnp.argsort(-conf, axis=-1), axis=-1)  # 0: the most confident
@@ -140,7 +142,7 @@ def _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id):
 
 @functools.partial(jax.jit, static_argnames=("model", "span", "block", "steps_per_block", "how",
                                              "model_block", "eos_id", "pad_id", "mask_id"))
-def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block, how,
+def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block, how, sampler,
             model_block, eos_id, pad_id, mask_id):
     b, p_width = prompt.shape
     rows = jnp.arange(b)[:, None]
@@ -186,7 +188,7 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
                 logits, _, _ = model.extend(params, cache, active, block_parents(block))
             else:
                 logits = jax.lax.dynamic_slice_in_dim(full_logits(answer), start, block, axis=1)
-            tokens, chosen = _choose(how, key, logits, masked_now(answer),
+            tokens, chosen = _choose(how, sampler, key, logits, masked_now(answer),
                                      jnp.full((b,), quota(i)))
             answer = _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id)
             return i + 1, answer, cache, forwards + 1, rng
@@ -205,7 +207,7 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
                                               jnp.broadcast_to(parents, (b, 2 * block)))
             cache = model.commit(cache, pending, jnp.broadcast_to(jnp.arange(block), (b, block)),
                                  jnp.full((b,), jnp.where(j == 0, 0, block)))
-            tokens, chosen = _choose(how, key, logits[:, block:], masked_now(answer),
+            tokens, chosen = _choose(how, sampler, key, logits[:, block:], masked_now(answer),
                                      jnp.full((b,), quota(0)))
             answer = _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id)
             return 1, answer, cache, forwards + 1, rng

@@ -99,7 +99,7 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, block_size: int
                            np.asarray(logits) if keep_logits else None)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampler", "block_size", "n_blocks",
+@functools.partial(jax.jit, static_argnames=("model", "block_size", "n_blocks",
                                              "max_new_tokens", "max_len", "eos_id", "pad_id",
                                              "keep_logits"))
 def _decode(params, tokens, whole, forced, n_forced, rng, *, model, sampler, block_size,

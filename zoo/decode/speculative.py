@@ -69,7 +69,7 @@ def generate(target, target_params, prompts: Sequence[Sequence[int]], *, drafter
                                  state["offered"], state["accepted"])
 
 
-@functools.partial(jax.jit, static_argnames=("target", "drafter", "sampler", "max_new_tokens",
+@functools.partial(jax.jit, static_argnames=("target", "drafter", "max_new_tokens",
                                              "max_len", "eos_id", "pad_id"))
 def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, drafter, sampler,
             max_new_tokens, max_len, eos_id, pad_id):

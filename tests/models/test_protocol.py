@@ -67,6 +67,19 @@ def test_prefill_then_chain_extends_equal_full_forward(any_model):
         cache = _jitted(model)[2](cache, pending, jnp.zeros((2, 1), jnp.int32), jnp.array([1, 1]))
 
 
+def test_prefill_logits_at_computes_only_those_positions(any_model):
+    """What decoders ask for: the last prompt token's logits per row, equal to the full
+    prefill's there, and no [B, T, V] logits anywhere in the program."""
+    model, params = any_model
+    tokens, lengths = _tokens(2, (2, 12)), jnp.array([12, 7])
+    full, _, _ = _jitted(model)[0](params, tokens, lengths, max_len=32)
+    prefill_last = jax.jit(lambda p, t, n: model.prefill(p, t, n, 32, logits_at=(n - 1)[:, None]))
+    last, _, _ = prefill_last(params, tokens, lengths)
+    chex.assert_trees_all_close(last[:, 0], full[jnp.arange(2), lengths - 1], atol=_atol(model))
+    program = prefill_last.lower(params, jnp.zeros((2, 24), jnp.int32), lengths).as_text()
+    assert f"2x24x{model.vocab_size}x" not in program and f"2x1x{model.vocab_size}xf32" in program
+
+
 def test_ragged_prefill_rows_equal_their_own_forwards(any_model):
     model, params = any_model
     tokens = _tokens(2, (2, 10))

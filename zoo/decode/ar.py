@@ -105,9 +105,9 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
 def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max_len, eos_id,
             pad_id):
     batch = tokens.shape[0]
-    rows = jnp.arange(batch)
-    logits, _, cache = model.prefill(params, tokens, lengths, max_len)
-    first = sampler.sample(jax.random.fold_in(rng, 0), logits[rows, lengths - 1])
+    logits, _, cache = model.prefill(params, tokens, lengths, max_len,
+                                     logits_at=(lengths - 1)[:, None])
+    first = sampler.sample(jax.random.fold_in(rng, 0), logits[:, 0])
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_id
     num = jnp.ones((batch,), jnp.int32)

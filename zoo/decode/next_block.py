@@ -108,8 +108,9 @@ def _decode(params, tokens, whole, forced, n_forced, rng, *, model, sampler, blo
     rows = jnp.arange(batch)[:, None]
     k = jnp.arange(s)[None, :]
     mask = dict(mask="block_causal", block_size=s) if s > 1 else {}
-    logits, _, cache = model.prefill(params, tokens, whole, max_len, **mask)
-    first_logits = logits[rows, whole[:, None] - s + k]  # the last whole block predicts block q
+    # The last whole block predicts block q: its logits are all the decoder reads.
+    first_logits, _, cache = model.prefill(params, tokens, whole, max_len, **mask,
+                                           logits_at=whole[:, None] - s + k)
 
     def emit(step, block_logits, out, num, done):
         """Sample a block; write its new tokens (up to EOS, within the budget) after `num`."""
@@ -128,7 +129,7 @@ def _decode(params, tokens, whole, forced, n_forced, rng, *, model, sampler, blo
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     num = jnp.zeros((batch,), jnp.int32)
     block, out, num, done = emit(0, first_logits, out, num, jnp.zeros((batch,), bool))
-    vocab = logits.shape[-1]
+    vocab = first_logits.shape[-1]
     kept = (jnp.zeros((batch, n_blocks * s, vocab), jnp.float32).at[:, :s].set(first_logits)
             if keep_logits else jnp.zeros((0,), jnp.float32))
     structure = jnp.broadcast_to(block_parents(s), (batch, s))

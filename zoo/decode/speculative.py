@@ -75,8 +75,9 @@ def _decode(target_params, drafter_params, tokens, lengths, rng, *, target, draf
             max_new_tokens, max_len, eos_id, pad_id):
     batch = tokens.shape[0]
     rows = jnp.arange(batch)[:, None]
-    logits, hidden, cache = target.prefill(target_params, tokens, lengths, max_len)
-    first = sampler.sample(jax.random.fold_in(rng, 0), logits[rows[:, 0], lengths - 1])
+    logits, hidden, cache = target.prefill(target_params, tokens, lengths, max_len,
+                                           logits_at=(lengths - 1)[:, None])
+    first = sampler.sample(jax.random.fold_in(rng, 0), logits[:, 0])
     needs_hidden = getattr(drafter, "needs_hidden", False)
     drafter_state = drafter.init(drafter_params, tokens, lengths, max_len,
                                  **({"target_hidden": hidden} if needs_hidden else {}))

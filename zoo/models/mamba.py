@@ -77,7 +77,8 @@ class HybridBackbone(Transformer):
         return [(Block if kind == "a" else MambaBlock)(self.config, self.backend, name=f"block_{i}")
                 for i, kind in enumerate(self.config.layers)]
 
-    def __call__(self, tokens, positions, mask=None, lengths=None, cache=None, parents=None):
+    def __call__(self, tokens, positions, mask=None, lengths=None, cache=None, parents=None,
+                 logits_at=None):
         """Returns (logits float32 [B, T, V], hidden [B, T, E], (attention, mamba)).
 
         Without `cache`: whole sequences (attention under `mask`; Mamba2 from a zero state, its
@@ -85,6 +86,7 @@ class HybridBackbone(Transformer):
         (conv window, state) stacked over Mamba2 layers. With `cache` (a HybridCache) and
         `parents`: the tokens are tree nodes; attention is the new (k, v), mamba the pending
         pieces of each Mamba2 layer. Either is None when the model has no such layer.
+        `logits_at`: see `Transformer.head`.
         """
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         attention, mamba = [], []
@@ -103,7 +105,7 @@ class HybridBackbone(Transformer):
                 x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], parents)
                 mamba.append(pending)
             x = constrain(self.layout, x, RESIDUAL)
-        logits, hidden = self.head(x)
+        logits, hidden = self.head(x, logits_at)
         return logits, hidden, (_stack(attention), _stack(mamba))
 
 
@@ -145,7 +147,7 @@ class MambaLM(TransformerLM):
         return HybridCache(kv, ssm)
 
     def prefill(self, params, tokens, lengths, max_len: int, mask: str = "causal",
-                block_size: int = 0, block_ids=None):
+                block_size: int = 0, block_ids=None, logits_at=None):
         self._check_causal(mask)
         b, t = tokens.shape
         if t > max_len:
@@ -153,7 +155,7 @@ class MambaLM(TransformerLM):
         lengths = jnp.asarray(lengths, jnp.int32)
         logits, hidden, (attention, mamba) = self.module.apply(
             {"params": params}, tokens, _positions(b, t), attention_mask("causal", t),
-            lengths=lengths)
+            lengths=lengths, logits_at=logits_at)
         cache = self.init_cache(b, max_len)
         kv = cache.kv
         if attention is not None:

@@ -24,10 +24,12 @@ class DecodingModel(Protocol):
         """Training forward over whole sequences: (logits [B, T, V] float32, hidden [B, T, E])."""
 
     def prefill(self, params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, max_len: int,
-                mask: str = "causal", block_size: int = 0, block_ids=None
+                mask: str = "causal", block_size: int = 0, block_ids=None, logits_at=None
                 ) -> tuple[jnp.ndarray, jnp.ndarray, Cache]:
         """Left-aligned prompts with per-row lengths -> (logits, hidden, cache of `max_len`);
-        `mask`, `block_size`, `block_ids` as in `forward` (causal-only layers reject others)."""
+        `mask`, `block_size`, `block_ids` as in `forward` (causal-only layers reject others).
+        Logits [B, T, V], or with `logits_at` int32[B, K] only those positions' [B, K, V]: what
+        a decoder reads (the last prompt token), never the whole prompt's."""
 
     def extend(self, params: Params, cache: Cache, tokens: jnp.ndarray, parents: jnp.ndarray
                ) -> tuple[jnp.ndarray, jnp.ndarray, Pending]:

@@ -70,17 +70,22 @@ class Transformer(nn.Module):
         return [Block(self.config, self.backend, name=f"block_{i}")
                 for i in range(self.config.n_layers)]
 
-    def head(self, x):
-        """(logits float32 [B, T, V], hidden [B, T, E]) from the last block's output."""
+    def head(self, x, logits_at=None):
+        """(logits float32 [B, T, V], hidden [B, T, E]) from the last block's output; with
+        `logits_at` int32[B, K] the logits of those positions only, [B, K, V] (a prompt's
+        [B, T, V] logits can dwarf the rest of a prefill)."""
         hidden = self.final_norm(x)
-        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        read = hidden if logits_at is None else jnp.take_along_axis(
+            hidden, logits_at[..., None].astype(jnp.int32), axis=1)
+        logits = self.embed.attend(read) if self.config.tie_embeddings else self.lm_head(read)
         return logits.astype(jnp.float32), hidden
 
-    def __call__(self, tokens, positions, mask=None, cache=None, parents=None):
+    def __call__(self, tokens, positions, mask=None, cache=None, parents=None, logits_at=None):
         """Returns (logits float32 [B, T, V], hidden [B, T, E], (k, v) stacked [L, B, T, K, D]).
 
         Without `cache`: full-sequence attention under `mask`. With `cache` (a KVCache) and
-        `parents`: the tokens are tree nodes extending the committed cache.
+        `parents`: the tokens are tree nodes extending the committed cache. `logits_at`: see
+        `head`.
         """
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         ks, vs = [], []
@@ -90,7 +95,7 @@ class Transformer(nn.Module):
             x = constrain(self.layout, x, RESIDUAL)
             ks.append(k)
             vs.append(v)
-        logits, hidden = self.head(x)
+        logits, hidden = self.head(x, logits_at)
         return logits, hidden, (jnp.stack(ks), jnp.stack(vs))
 
 
@@ -149,16 +154,17 @@ class TransformerLM:
                              jnp.dtype(c.dtype))
 
     def prefill(self, params, tokens, lengths, max_len: int, mask: str = "causal",
-                block_size: int = 0, block_ids=None):
+                block_size: int = 0, block_ids=None, logits_at=None):
         """`mask`, `block_size`, `block_ids` as in `forward`: a next-block model prefills
         block-causally (each row's length then a whole number of blocks, so no real token sees a
-        padding slot); a diffusion sampler gives per-row `block_ids`."""
+        padding slot); a diffusion sampler gives per-row `block_ids`. `logits_at` int32[B, K]:
+        return the logits of those positions only ([B, K, V]; default all)."""
         b, t = tokens.shape
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
         logits, hidden, (k, v) = self.module.apply(
             {"params": params}, tokens, _positions(b, t),
-            attention_mask(mask, t, block_size, block_ids=block_ids))
+            attention_mask(mask, t, block_size, block_ids=block_ids), logits_at=logits_at)
         cache = self.init_cache(b, max_len)
         k, v = k.transpose(0, 1, 3, 2, 4), v.transpose(0, 1, 3, 2, 4)  # to head-major
         cache = KVCache(cache.k.at[:, :, :, :t].set(k.astype(cache.k.dtype)),

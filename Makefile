@@ -35,7 +35,8 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/speculative.py --target configs/experiments/code_mamba.yaml --batches 1
 	$(BIN)/python bench/speculative.py --target configs/experiments/code_hybrid.yaml --batches 1
 	$(BIN)/python bench/next_block.py  # trains its five models once (~50 min)
-	$(BIN)/python bench/diffusion.py   # trains two diffusion models once (~25 min)
+	$(BIN)/python bench/diffusion.py   # trains two diffusion models and their AR judge once (~90 min)
+	$(BIN)/python bench/extend_cost.py
 
 clean:
 	rm -rf runs .pytest_cache

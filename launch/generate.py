@@ -85,6 +85,9 @@ def main(argv=None) -> int:
                            help="semi-AR blocks of this many tokens with a KV cache (0: none)")
     diffusion.add_argument("--no-cache", action="store_true",
                            help="blocks without the KV cache (the whole sequence every step)")
+    diffusion.add_argument("--order", choices=("confidence", "random"), default="confidence",
+                           help="vanilla sampler: unmask the most confident positions (LLaDA) or "
+                                "random ones (MDLM; what a weakly trained model needs)")
     video = parser.add_argument_group("video runs")
     video.add_argument("--clips", type=int, default=4, help="validation clips to continue")
     video.add_argument("--given-frames", type=int, default=4, help="conditioning frames per clip")
@@ -212,7 +215,7 @@ def _sample_diffusion(args, config, params, sampler, texts, seed, pick) -> int:
     how = diffusion.DiffusionSampler(
         steps=pick(args.steps, dc.steps), threshold=pick(args.threshold, dc.threshold),
         block_size=pick(args.block_size, dc.block_size), cache=not args.no_cache,
-        sampler=sampler)
+        sampler=sampler, order=args.order)
     tok = ByteTokenizer()
     model = build_model(config.model, dc.kernel_backend)
     run = lambda: diffusion.generate(  # noqa: E731
@@ -226,7 +229,8 @@ def _sample_diffusion(args, config, params, sampler, texts, seed, pick) -> int:
               f"{tok.decode(out.tokens[row, :out.num_tokens[row]])}\n")
     total = int(out.num_tokens.sum())
     rule = (f"threshold {how.threshold}" if how.threshold
-            else f"{how.steps or 'one token per'} steps")
+            else f"{how.steps} steps" if how.steps else "one token per step")
+    rule += ", random order" if how.order == "random" else ""
     blocks = f", blocks of {how.block_size}" if how.block_size else ""
     print(f"diffusion ({rule}{blocks}): {total} tokens in {seconds:.2f} s: "
           f"{total / seconds:.1f} tokens/s, {out.forwards} forwards (batch {len(texts)}; "

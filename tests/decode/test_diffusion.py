@@ -97,6 +97,34 @@ def test_low_threshold_unmasks_a_block_per_forward(tiny_model_and_params):
     assert (got.tokens != MASK_ID).all()
 
 
+def test_random_order_ignores_confidence_and_keeps_the_quota():
+    """MDLM's order: which positions a step unmasks depends on the key, not on the logits;
+    exactly `count` of the masked ones."""
+    masked = jnp.array([[True, True, False, True, True, True]] * 2)
+    count = jnp.array([2, 3])
+    how = DiffusionSampler(order="random")
+    picks = [diffusion._choose(how, Sampler(), jax.random.key(0),
+                               jax.random.normal(jax.random.key(seed), (2, 6, 11)), masked, count)[1]
+             for seed in (1, 2)]
+    np.testing.assert_array_equal(picks[0], picks[1])
+    np.testing.assert_array_equal(picks[0].sum(1), count)
+    assert not (picks[0] & ~masked).any()
+    other_key = diffusion._choose(how, Sampler(), jax.random.key(3),
+                                  jax.random.normal(jax.random.key(1), (2, 6, 11)), masked, count)[1]
+    confident = diffusion._choose(DiffusionSampler(), Sampler(), jax.random.key(0),
+                                  jnp.zeros((2, 6, 11)).at[:, :2, 0].set(9.0), masked, count)[1]
+    assert (np.asarray(other_key) != np.asarray(picks[0])).any()
+    np.testing.assert_array_equal(confident[0], [True, True, False, False, False, False])
+
+
+def test_random_order_vanilla_unmasks_steps_at_a_time(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    got = _run(model, params, DiffusionSampler(steps=2, order="random",
+                                               sampler=Sampler(temperature=1.0)), 0,
+               rng=jax.random.key(0))
+    assert got.forwards == 2 and (got.tokens != MASK_ID).all()
+
+
 def test_positions_after_an_eos_are_padding(tiny_model_and_params):
     model, params = tiny_model_and_params
     free = _run(model, params, DiffusionSampler(block_size=4), 4)
@@ -118,6 +146,8 @@ def test_positions_after_an_eos_are_padding(tiny_model_and_params):
     (dict(block_size=3), 8, "block_size=3 does not divide the answer length 8"),
     (dict(block_size=4, steps=3), 8, "must be at most the answer length 8 and a multiple"),
     (dict(steps=2, threshold=0.5), 8, "not both"),
+    (dict(order="left"), 8, "order must be 'confidence' or 'random'"),
+    (dict(order="random", threshold=0.5), 8, "order='random' is for the vanilla sampler"),
 ])
 def test_bad_settings_fail_before_work(tiny_model_and_params, how, span, message):
     model, params = tiny_model_and_params

@@ -4,7 +4,9 @@ Every row's answer span (G positions after its prompt) starts all-MASK. Each ste
 picks a token and its confidence (its probability) at every masked position, and unmasks some:
 
   vanilla     a fixed number per step (the highest confidences: LLaDA's low-confidence
-              remasking), `steps` steps over the span;
+              remasking; or, with `order="random"`, positions drawn uniformly: MDLM's ancestral
+              order, which a weak model needs, since its most confident guesses are runs of the
+              commonest token), `steps` steps over the span;
   threshold   every masked position whose confidence exceeds `threshold` (at least the most
               confident one): Fast-dLLM's parallel decoding, as many steps as it needs;
   blocks      `block_size` > 0: blocks of the span left to right, one of the rules above inside
@@ -53,6 +55,7 @@ class DiffusionSampler:
     block_size: int = 0  # 0: the whole span at once; s: semi-AR blocks of s
     cache: bool = True  # blocks: keep the prompt and finished blocks in the KV cache
     sampler: Sampler = Sampler()  # temperature 0: greedy
+    order: str = "confidence"  # vanilla: unmask the most confident positions, or "random" ones
 
     def __post_init__(self):
         if not 0 <= self.threshold <= 1:
@@ -63,6 +66,11 @@ class DiffusionSampler:
             raise ValueError(f"block_size must be >= 1 (or 0: no blocks), got {self.block_size}")
         if self.threshold and self.steps:
             raise ValueError("give steps (vanilla) or threshold (parallel decoding), not both")
+        if self.order not in ("confidence", "random"):
+            raise ValueError(f"order must be 'confidence' or 'random', got {self.order!r}")
+        if self.order == "random" and self.threshold:
+            raise ValueError("threshold decoding unmasks by confidence; order='random' is for "
+                             "the vanilla sampler (steps)")
 
     def check(self, span: int) -> tuple[int, int]:
         """(block size, steps per block) for an answer span of `span` tokens, or a ValueError."""
@@ -118,10 +126,14 @@ def block_ids(positions, lengths, answer_block: int, prompt_block: int, real):
 def _choose(how: DiffusionSampler, sampler: Sampler, rng, logits, masked, count):
     """(tokens [B, N], which masked positions to unmask bool[B, N]) for the logits [B, N, V] of
     the positions in play; `count` int32[B]: how many a vanilla step unmasks."""
-    tokens = sampler.sample(rng, logits)
-    scores = logits if sampler.greedy else sampler.logprobs(logits)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-    conf = jnp.where(masked, jnp.take_along_axis(probs, tokens[..., None], -1)[..., 0], -1.0)
+    token_key, order_key = jax.random.split(rng)
+    tokens = sampler.sample(token_key, logits)
+    if how.order == "random":
+        conf = jnp.where(masked, jax.random.uniform(order_key, masked.shape), -1.0)
+    else:
+        scores = logits if sampler.greedy else sampler.logprobs(logits)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+        conf = jnp.where(masked, jnp.take_along_axis(probs, tokens[..., None], -1)[..., 0], -1.0)
     rank = jnp.argsort(jnp.argsort(-conf, axis=-1), axis=-1)  # 0: the most confident
     if how.threshold:
         count = jnp.maximum((conf > how.threshold).sum(-1), 1)

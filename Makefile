@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
-bench: $(STAMP)  # the first run trains the speculative benchmarks' models once (~55 min)
+bench: $(STAMP)  # the first run trains the speculative benchmarks' models once (~100 min)
 	$(BIN)/python bench/ar_decode.py
 	$(BIN)/python bench/speculative.py
 	$(BIN)/python bench/tree_attention.py

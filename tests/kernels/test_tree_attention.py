@@ -101,6 +101,14 @@ def test_xla_equals_reference_bfloat16():
     chex.assert_trees_all_close(got.astype(jnp.float32), want, atol=2e-2, rtol=2e-2)
 
 
+def test_xla_reads_a_bfloat16_cache_without_a_float32_copy():
+    """The cache is the big operand of a decode step: it is read as stored, never converted to a
+    float32 [B, K, S, D] copy."""
+    args = _case(7, 2, 3, 40, 4, 2, 32, "random", jnp.bfloat16)
+    program = jax.jit(lambda *a: tree_attention(*a, backend="xla")).lower(*args).as_text()
+    assert "tensor<2x2x40x32xbf16>" in program and "tensor<2x2x40x32xf32>" not in program
+
+
 def test_reference_semantics_on_a_hand_case():
     """A node sees exactly the cache prefix and its ancestors: with one-hot values the output is
     the uniform average over those positions when all scores are equal (q = 0)."""

@@ -17,9 +17,10 @@ differ only by Fast-dLLM's prefix-cache approximation: their quality gap is the 
 most confident ones: a model this weak is most confident about runs of spaces, so every
 confidence-ordered sampler degenerates into them, and the random-order rows are the ones whose
 samples are text (the unigram entropy says which); their quality reference is the random-order
-vanilla row (for BD3 the cache is exact, so the cached one-token-per-step row is that reference). Sampled rows (temperature 0.8, top-p 0.95,
-as for code_small) lead; greedy rows follow at the short length only, since a model this small
-repeats itself greedily. Calls over 20 s are timed once (their compile is < 2% of them).
+vanilla row (for BD3 the cache is exact, so the cached one-token-per-step row is that
+reference). Sampled rows (temperature 0.8, top-p 0.95, as for code_small) lead; greedy rows
+follow at the short length only, since a model this small repeats itself greedily. Calls over
+20 s are timed once (their compile is < 2% of them).
 Writes bench/results/diffusion.{json,md}.
 """
 
@@ -32,10 +33,10 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
-from speculative import prompts_from_corpus  # noqa: E402
 
 from launch.drafter_factory import ensure_trained  # noqa: E402
 from zoo import config as config_lib  # noqa: E402
+from zoo.data.code_corpus import opening_prompts  # noqa: E402
 from zoo.data.tokenizer import ByteTokenizer  # noqa: E402
 from zoo.decode import ar, diffusion  # noqa: E402
 from zoo.decode.diffusion import DiffusionSampler  # noqa: E402
@@ -95,7 +96,7 @@ def main(argv=None):
     tok = ByteTokenizer()
     judge_config, judge_params = load_run(config_lib.load(JUDGE).train.run_dir)
     judge = build_model(judge_config.model)
-    prompts_all = prompts_from_corpus(judge_config.data.corpus, judge_config.data.data_dir,
+    prompts_all = opening_prompts(judge_config.data.corpus, judge_config.data.data_dir,
                                       max(args.batches), length=32)
     models = {name: load_run(config_lib.load(path).train.run_dir)
               for name, path in MODELS.items()}
@@ -142,8 +143,8 @@ def main(argv=None):
                             mask_id=tok.mask_id, **kw)
                         tps = measure(label, name, fn, base)
                         base = base or tps
-    headers = ["decoding", "new tokens", "batch", "model", "sampler", "forwards / token", "tokens/s",
-               "speedup", "gen. perplexity", "unigram entropy (bits)"]
+    headers = ["decoding", "new tokens", "batch", "model", "sampler", "forwards / token",
+               "tokens/s", "speedup", "gen. perplexity", "unigram entropy (bits)"]
     table = markdown_table(headers, rows)
     print(table)
     write_result("diffusion", {"machine": machine(), "repeats": args.repeats, "rows": raw}, table)

@@ -21,10 +21,10 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, median_seconds, write_result  # noqa: E402
-from speculative import prompts_from_corpus  # noqa: E402
 
 from launch.drafter_factory import ensure_trained  # noqa: E402
 from zoo import config as config_lib  # noqa: E402
+from zoo.data.code_corpus import opening_prompts  # noqa: E402
 from zoo.data import video, video_images, video_score  # noqa: E402
 from zoo.data.tokenizer import ByteTokenizer  # noqa: E402
 from zoo.decode import ar, next_block  # noqa: E402
@@ -92,7 +92,7 @@ def bench_video(args) -> tuple[list[list], dict]:
 def bench_code(args) -> tuple[list[list], dict]:
     tok = ByteTokenizer()
     config, _, _, _ = load(CODE["next-token"])
-    prompts = prompts_from_corpus(config.data.corpus, config.data.data_dir, args.batch)
+    prompts = opening_prompts(config.data.corpus, config.data.data_dir, args.batch)
     rows, raw = [], {}
     for temperature in (0.8, 0.0):
         base = None

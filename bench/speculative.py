@@ -60,14 +60,6 @@ AUTO = ["prompt_lookup", "recycling", "draft", "draft_tree", "medusa", "hydra"]
 COST_SIZES = (1, 4, 8, 16, 32)
 
 
-def prompts_from_corpus(corpus, data_dir, n, length=96) -> list[list[int]]:
-    tok = ByteTokenizer()
-    docs = code_corpus.corpus_documents(corpus, data_dir, "validation")
-    docs = [d for d in docs if len(d.encode()) >= length] or docs
-    return [tok.encode(docs[i % len(docs)].encode()[:length].decode("utf-8", "ignore"), bos=True)
-            for i in range(n)]
-
-
 def timed(fn, repeats):
     out = fn()  # compile
     seconds = median_seconds(fn, repeats=repeats, warmup=0)
@@ -106,7 +98,8 @@ def main(argv=None):
     print(f"target {config.name}: {weight_mb:.1f} MB of weights; one extend of T nodes costs "
           + ", ".join(f"T={t}: {c / cost[1]:.2f}x" for t, c in cost.items()) + " a 1-node step")
 
-    prompts_all = prompts_from_corpus(config.data.corpus, config.data.data_dir, max(args.batches))
+    prompts_all = code_corpus.opening_prompts(config.data.corpus, config.data.data_dir,
+                                              max(args.batches))
     tok = ByteTokenizer()
     common = dict(max_new_tokens=args.new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
     rows, records = [], []

@@ -24,10 +24,10 @@ import transformers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
-from speculative import prompts_from_corpus  # noqa: E402
 
 from launch.drafter_factory import ensure_trained, make_drafter  # noqa: E402
 from zoo import config as config_lib  # noqa: E402
+from zoo.data.code_corpus import opening_prompts  # noqa: E402
 from zoo.data.tokenizer import PAD_ID  # noqa: E402
 from zoo.decode import ar, speculative  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
@@ -114,7 +114,7 @@ def main(argv=None):
     their_draft = transformers.AutoModelForCausalLM.from_pretrained(hf_dir / "draft",
                                                                     dtype=torch.float32).eval()
     n = args.new_tokens
-    prompts = prompts_from_corpus(config.data.corpus, config.data.data_dir, 8)
+    prompts = opening_prompts(config.data.corpus, config.data.data_dir, 8)
     kw = dict(max_new_tokens=n, eos_id=-1, pad_id=PAD_ID)
     rows, payload = [], {"target": args.target, "machine": machine(), "rows": []}
 

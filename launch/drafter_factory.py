@@ -175,7 +175,7 @@ def drafter_builder(name: str, *, target_config, target_params, sampler, draft_r
     return lambda template: (DraftModelStaticTree(model, template), params)
 
 
-def max_depth_of(name: str, target_config, draft_run=None) -> int:
+def max_depth_of(name: str, draft_run=None) -> int:
     """The deepest tree `--tree auto` considers: the number of heads for head drafters."""
     if name in HEAD_DRAFTERS and draft_run:
         return config_lib.load(pathlib.Path(draft_run) / "config.yaml").heads.num_heads
@@ -198,26 +198,21 @@ def choose_tree(name: str, *, target_config, target_params, sampler, run_dir, ba
     from zoo.decode import calibration
     from zoo.decode.tree_search import best_tree
 
-    build = drafter_builder(name, target_config=target_config, target_params=target_params,
-                            sampler=sampler, draft_run=draft_run)
-    depth = max_depth_of(name, target_config, draft_run)
+    depth = max_depth_of(name, draft_run)
     fan = 1 if name in CHAIN_DRAFTERS else AUTO_FAN
     key = calibration_key(name, batch=batch, sampler=sampler, depth=depth, fan=fan,
                           draft_run=draft_run)
     path = pathlib.Path(run_dir) / calibration.FILENAME
     cal = calibration.load(path, key)
-    if cal is None:
+    if cal is None:  # measure once: load the drafter and run the target on corpus prompts
         log(f"tree auto: calibrating {name} at batch {batch} on {jax.devices()[0].device_kind} "
             f"(once; cached in {path}) ...")
-        from zoo.data import code_corpus
-        from zoo.data.tokenizer import ByteTokenizer
+        from zoo.data.code_corpus import opening_prompts
         from zoo.models import build_model
-        docs = code_corpus.corpus_documents(target_config.data.corpus,
-                                            target_config.data.data_dir, "validation")
-        docs = [d for d in docs if len(d.encode()) >= AUTO_PROMPT_BYTES] or docs
-        tok = ByteTokenizer()
-        prompts = [tok.encode(docs[i % len(docs)].encode()[:AUTO_PROMPT_BYTES].decode(
-            "utf-8", "ignore"), bos=True) for i in range(max(batch, AUTO_ACCEPTANCE_PROMPTS))]
+        build = drafter_builder(name, target_config=target_config, target_params=target_params,
+                                sampler=sampler, draft_run=draft_run)
+        prompts = opening_prompts(target_config.data.corpus, target_config.data.data_dir,
+                                  max(batch, AUTO_ACCEPTANCE_PROMPTS), AUTO_PROMPT_BYTES)
         target = build_model(target_config.model, target_config.decode.kernel_backend)
         cal = calibration.calibrate(target, target_params, build, prompts[:batch],
                                     acceptance_prompts=prompts, sampler=sampler, max_depth=depth,

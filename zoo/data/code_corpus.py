@@ -161,3 +161,16 @@ def corpus_documents(config_name: str, data_dir: str, split: str) -> list[str]:
     source = build_corpus(config_name, data_dir).as_data_source(split)
     records = source.__getitems__(list(range(len(source))))  # one batched read
     return [r["text"].decode("utf-8") for r in records]
+
+
+def opening_prompts(config_name: str, data_dir: str, n: int, length: int = 96) -> list[list[int]]:
+    """`n` prompts (byte tokens after BOS): the first `length` bytes of validation files, files
+    shorter than that skipped while longer ones exist, cycled if there are fewer than `n`."""
+    from zoo.data.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    docs = corpus_documents(config_name, data_dir, "validation")
+    docs = [d for d in docs if len(d.encode()) >= length] or docs
+    return [tok.encode(docs[i % len(docs)].encode()[:length].decode("utf-8", "ignore"), bos=True)
+            for i in range(n)]
+

@@ -115,7 +115,7 @@ def calibrate(target, params, drafter_for, prompts, *, max_depth: int, fan: int 
                                drafter_params=drafter_params, max_new_tokens=max_new_tokens,
                                sampler=sampler, rng=jax.random.key(0), eos_id=-1, pad_id=0)
     table = out.acceptance[:, :fan]
-    draft = [0.0]
+    draft, target_only = [0.0], Costs(extend, (0.0,))
     for depth in range(1, max_depth + 1):
         drafter, drafter_params = drafter_for(chain_tree(depth))
         fn = functools.partial(speculative.generate, target, params, prompts, drafter=drafter,
@@ -123,14 +123,9 @@ def calibrate(target, params, drafter_for, prompts, *, max_depth: int, fan: int 
                                eos_id=-1, pad_id=0)
         steps = int(fn().target_forwards.max())  # loop iterations: the longest row's forwards
         per_step = _median_seconds(lambda: fn().tokens, repeats) / max(steps, 1)
-        draft.append(max(per_step - _interpolate(extend, depth + 1), 0.0))
+        draft.append(max(per_step - target_only.target_step(depth + 1), 0.0))
     return Calibration(tuple(tuple(float(a) for a in row) for row in table),
                        Costs(extend, tuple(draft)))
-
-
-def _interpolate(extend: dict[int, float], nodes: int) -> float:
-    sizes = sorted(extend)
-    return float(np.interp(nodes, sizes, [extend[t] for t in sizes]))
 
 
 def save(path, key: str, calibration: Calibration) -> None:

@@ -45,11 +45,15 @@ class Costs:
         if not self.draft or self.draft[0] != 0 or min(self.draft) < 0:
             raise ValueError(f"Costs.draft[d] are seconds >= 0 with entry 0 = 0, got {self.draft}")
 
-    def step(self, nodes: int, depth: int) -> float:
-        """Seconds of one speculative step with a tree of `nodes` nodes and depth `depth`,
-        interpolating the measured extends linearly."""
+    def target_step(self, nodes: int) -> float:
+        """Seconds of the target's step over `nodes` nodes, the measured sizes interpolated
+        linearly."""
         sizes = sorted(self.extend)
-        return float(np.interp(nodes, sizes, [self.extend[t] for t in sizes])) + self.draft[depth]
+        return float(np.interp(nodes, sizes, [self.extend[t] for t in sizes]))
+
+    def step(self, nodes: int, depth: int) -> float:
+        """Seconds of one speculative step with a tree of `nodes` nodes and depth `depth`."""
+        return self.target_step(nodes) + self.draft[depth]
 
 
 @dataclasses.dataclass(frozen=True)

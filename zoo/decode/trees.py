@@ -19,7 +19,8 @@ import numpy as np
 from kernels.trees import ancestor_mask, chain_parents, node_depths
 
 __all__ = [
-    "ancestor_mask", "node_depths", "chain_parents", "position_ids", "validate_parents", "valid_trees",
+    "ancestor_mask", "node_depths", "chain_parents", "position_ids", "validate_parents",
+    "valid_trees",
     "StaticTree", "static_tree", "chain_tree", "PRESETS", "leaves", "root_to_leaf_paths",
     "SelectedTree", "select_dynamic_tree", "Expansion", "expand_candidates",
 ]

@@ -157,13 +157,11 @@ class MambaLM(TransformerLM):
             {"params": params}, tokens, _positions(b, t), attention_mask("causal", t),
             lengths=lengths, logits_at=logits_at)
         cache = self.init_cache(b, max_len)
-        kv = cache.kv
-        if attention is not None:
-            k, v = (a.transpose(0, 1, 3, 2, 4).astype(kv.k.dtype) for a in attention)
-            kv = KVCache(kv.k.at[:, :, :, :t].set(k), kv.v.at[:, :, :, :t].set(v), kv.lengths)
+        kv = (cache.kv.replace(lengths=lengths) if attention is None
+              else cache.kv.write_prefix(*attention, lengths))
         ssm = cache.ssm if mamba is None else SSMCache(mamba[0].astype(cache.ssm.conv.dtype),
                                                        mamba[1])
-        return logits, hidden, self.constrain_cache(HybridCache(KVCache(kv.k, kv.v, lengths), ssm))
+        return logits, hidden, self.constrain_cache(HybridCache(kv, ssm))
 
     def extend(self, params, cache: HybridCache, tokens, parents):
         parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)

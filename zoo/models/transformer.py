@@ -20,7 +20,7 @@ from zoo.parallel import Layout, constrain
 
 # Logical names of activation and cache dimensions (parameters name theirs in their initializers).
 RESIDUAL = ("batch", "length", None)
-KV_CACHE = (None, "batch", "kv_heads", None, None)  # [L, B, K, S, D]
+KV_CACHE = ("batch", "kv_heads", None, None)  # one layer's [B, K, S, D]
 
 
 class Block(nn.Module):
@@ -100,8 +100,9 @@ class Transformer(nn.Module):
 
 
 def constrain_kv(layout: Layout | None, cache: KVCache) -> KVCache:
-    return KVCache(constrain(layout, cache.k, KV_CACHE), constrain(layout, cache.v, KV_CACHE),
-                   constrain(layout, cache.lengths, ("batch",)))
+    return KVCache(tuple(constrain(layout, k, KV_CACHE) for k in cache.k),
+                   tuple(constrain(layout, v, KV_CACHE) for v in cache.v),
+                   constrain(layout, cache.lengths, ("batch",)), cache.max_len)
 
 
 def _positions(batch: int, length: int) -> jnp.ndarray:
@@ -165,11 +166,7 @@ class TransformerLM:
         logits, hidden, (k, v) = self.module.apply(
             {"params": params}, tokens, _positions(b, t),
             attention_mask(mask, t, block_size, block_ids=block_ids), logits_at=logits_at)
-        cache = self.init_cache(b, max_len)
-        k, v = k.transpose(0, 1, 3, 2, 4), v.transpose(0, 1, 3, 2, 4)  # to head-major
-        cache = KVCache(cache.k.at[:, :, :, :t].set(k.astype(cache.k.dtype)),
-                        cache.v.at[:, :, :, :t].set(v.astype(cache.v.dtype)),
-                        jnp.asarray(lengths, jnp.int32))
+        cache = self.init_cache(b, max_len).write_prefix(k, v, lengths)
         return logits, hidden, self.constrain_cache(cache)
 
     def extend(self, params, cache: KVCache, tokens, parents):

@@ -11,16 +11,46 @@ Differences from the reference, each to save memory traffic:
     [T, S + T] mask;
   * the cache is read in its own dtype (a bfloat16 cache is never copied to float32): scores
     accumulate in float32 (`preferred_element_type`), and the probabilities meet V in V's dtype,
-    as flash-attention kernels do.
+    as flash-attention kernels do;
+  * only a prefix of the preallocated cache is read: the smallest of S, S/2, S/4, ... (down to
+    `MIN_READ` slots) that holds the longest row (`lax.switch` over static prefix lengths, so
+    each branch is a plain matmul). A 512-slot cache holding 70 tokens is read as 128 slots.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from kernels.trees import visible_mask
 
+MIN_READ = 128  # the shortest prefix worth its own branch
+
+
+def read_lengths(s: int) -> list[int]:
+    """The static cache prefixes a call may read, shortest first: ..., S/4, S/2, S."""
+    sizes = [s]
+    while sizes[0] % 2 == 0 and sizes[0] // 2 >= MIN_READ:
+        sizes.insert(0, sizes[0] // 2)
+    return sizes
+
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None):
     """Same contract as `kernels.tree_attention.reference.tree_attention`."""
+    sizes = read_lengths(k_cache.shape[2])
+    args = (q, k_cache, v_cache, cache_len, k_new, v_new, parents)
+    if len(sizes) == 1:
+        return _attend(*args, scale=scale)
+    # Every row's valid slots lie below max(cache_len): read the shortest prefix holding them.
+    branch = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), jnp.max(cache_len))
+    return jax.lax.switch(branch, [functools.partial(_attend, scale=scale, read=n)
+                                   for n in sizes], *args)
+
+
+def _attend(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale, read=None):
+    """Tree attention over the first `read` cache slots (default all)."""
+    if read is not None:
+        k_cache, v_cache = k_cache[:, :, :read], v_cache[:, :, :read]
     b, t, h, d = q.shape
     kv_heads, s = k_cache.shape[1], k_cache.shape[2]
     g = h // kv_heads

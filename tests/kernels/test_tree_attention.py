@@ -109,6 +109,25 @@ def test_xla_reads_a_bfloat16_cache_without_a_float32_copy():
     assert "tensor<2x2x40x32xbf16>" in program and "tensor<2x2x40x32xf32>" not in program
 
 
+@pytest.mark.parametrize("lengths", [[3, 100], [0, 128], [5, 129], [256, 1], [0, 512]])
+def test_xla_reads_only_the_cache_prefix_the_longest_row_needs(lengths):
+    """A 512-slot cache is read as its first 128, 256 or 512 slots, whichever holds the longest
+    row: same result as the reference, and slots past that prefix are never read (NaN there
+    would poison p * V = 0 * NaN if they were)."""
+    from kernels.tree_attention.xla import read_lengths
+
+    assert read_lengths(512) == [128, 256, 512] and read_lengths(100) == [100]
+    q, k_cache, v_cache, _, k_new, v_new, parents = _case(3, 2, 3, 512, 4, 2, 16, "random",
+                                                          jnp.float32)
+    cache_len = jnp.asarray(lengths, jnp.int32)
+    want = tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents,
+                          backend="reference")
+    read = next(n for n in read_lengths(512) if n >= max(lengths))
+    k_cache, v_cache = k_cache.at[:, :, read:].set(jnp.nan), v_cache.at[:, :, read:].set(jnp.nan)
+    got = tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, backend="xla")
+    chex.assert_trees_all_close(got, want, atol=2e-5, rtol=2e-5)
+
+
 def test_reference_semantics_on_a_hand_case():
     """A node sees exactly the cache prefix and its ancestors: with one-hot values the output is
     the uniform average over those positions when all scores are equal (q = 0)."""

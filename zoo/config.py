@@ -260,27 +260,33 @@ class DecodeConfig:
                  f"must be one of {KERNEL_BACKENDS}", self.kernel_backend)
 
 
-HEAD_KINDS = ("none", "medusa", "hydra")
+HEAD_KINDS = ("none", "medusa", "hydra", "falcon")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Draft heads (Medusa, Hydra) trained on a frozen target run; kind "none" trains the LM.
+    """Draft heads (Medusa, Hydra) or a semi-autoregressive drafter (Falcon) trained on a frozen
+    target run; kind "none" trains the LM.
 
     The target run is checked when training starts, not here, so an experiment loads (and can be
     inspected or overridden) before its target has been trained.
     """
 
-    kind: str = "none"  # none | medusa | hydra
+    kind: str = "none"  # none | medusa | hydra | falcon
     target_run: str = ""  # run directory of the frozen target (written by zoo-train)
-    num_heads: int = 4  # head k predicts the token k+1 places after the target's hidden state
-    num_layers: int = 1  # residual `h + SiLU(W h)` blocks per head
+    num_heads: int = 4  # the deepest draft depth: head k predicts the token k+1 places ahead
+    num_layers: int = 1  # medusa/hydra: residual `h + SiLU(W h)` blocks; falcon: decoder layers
     shared_lm_head: bool = True  # reuse the target's frozen LM head; else each head owns a copy
+    block_size: int = 2  # falcon: tokens drafted per forward (bidirectional inside the block)
 
     def __post_init__(self):
         _require(self.kind in HEAD_KINDS, "heads.kind", f"must be one of {list(HEAD_KINDS)}",
                  self.kind)
-        _positive(self, "heads", "num_heads", "num_layers")
+        _positive(self, "heads", "num_heads", "num_layers", "block_size")
+        if self.kind == "falcon":
+            _require(self.block_size <= self.num_heads, "heads.block_size",
+                     f"must be <= heads.num_heads={self.num_heads} (the deepest draft depth)",
+                     self.block_size)
         if self.kind != "none":
             _require(bool(self.target_run), "heads.target_run",
                      f"must name the target's run directory when heads.kind={self.kind!r}",

@@ -8,7 +8,7 @@ from zoo import config as config_lib
 from zoo.config import ConfigError, HeadsConfig
 from zoo.models.heads import build_heads, target_unembedding
 
-from conftest import REPO, tiny_model_config
+from conftest import REPO, tiny_model_config, tiny_ssm_config
 
 
 def _heads(model, kind, **kw):
@@ -76,12 +76,17 @@ def test_hydra_heads_read_only_the_tokens_before_their_depth(tiny_model_and_para
 
 
 @pytest.mark.parametrize("override, message", [
-    (["heads.kind=eagle"], "heads.kind='eagle': must be one of ['none', 'medusa', 'hydra']"),
+    (["heads.kind=eagle"],
+     "heads.kind='eagle': must be one of ['none', 'medusa', 'hydra', 'falcon']"),
     (["heads.kind=medusa"], "heads.target_run='': must name the target's run directory"),
     (["heads.kind=hydra", "heads.target_run=r", "heads.num_heads=0"],
      "heads.num_heads=0: must be > 0"),
     (["heads.num_layers=-1"], "heads.num_layers=-1: must be > 0"),
     (["heads.shared_lm_head=2"], "heads.shared_lm_head=2: must be true or false"),
+    (["heads.kind=falcon", "heads.target_run=r", "heads.block_size=0"],
+     "heads.block_size=0: must be > 0"),
+    (["heads.kind=falcon", "heads.target_run=r", "heads.num_heads=2", "heads.block_size=3"],
+     "heads.block_size=3: must be <= heads.num_heads=2 (the deepest draft depth)"),
 ])
 def test_bad_heads_config_names_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -90,8 +95,89 @@ def test_bad_heads_config_names_the_key(override, message):
 
 
 def test_shipped_heads_experiments_load_without_their_target():
-    for kind in ("medusa", "hydra"):
+    for kind in ("medusa", "hydra", "falcon"):
         cfg = config_lib.load(REPO / f"configs/experiments/code_small_{kind}.yaml")
         assert cfg.heads.kind == kind and cfg.heads.target_run == "runs/code_small"
         assert cfg.model == config_lib.load(REPO / "configs/experiments/code_small.yaml").model
         assert cfg.train.run_dir != cfg.heads.target_run
+
+
+def _falcon(config, **kw):
+    """Falcon heads 5 deep in blocks of 2 (depths 1-2, 3-4, 5: the last block is short), two
+    layers, so a context slot that looked ahead would leak into the next layer's queries."""
+    return build_heads(HeadsConfig(kind="falcon", target_run="x", **{
+        "num_heads": 5, "block_size": 2, "num_layers": 2, **kw}), config)
+
+
+def test_falcon_params_shapes_and_logical_axes(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    for shared in (True, False):
+        heads = _falcon(model.config, shared_lm_head=shared)
+        head_params, axes = (jax.eval_shape(heads.init, jax.random.key(0)) if shared else
+                             heads.init(jax.random.key(0), params)), heads.logical_axes()
+        assert jax.tree.structure(axes, is_leaf=_is_spec) == jax.tree.structure(head_params)
+        assert set(head_params) == {"inputs", "layer_0", "layer_1", "offsets"} | (
+            set() if shared else {"lm_head"})
+        chex.assert_shape([head_params["offsets"], head_params["layer_1"]["attn"]["q"]["kernel"]],
+                          [(2, 64), (64, 4, 16)])  # an offset per query of a block
+        assert tuple(axes["offsets"]) == ("draft_inputs", "embed")
+    np.testing.assert_array_equal(head_params["lm_head"]["kernel"], params["lm_head"]["kernel"])
+    hybrid = _falcon(tiny_ssm_config("hybrid"))  # any target: the layers are the drafter's own
+    target = {"embed": {"embedding": jnp.ones((260, 32))}, "lm_head": {"kernel": jnp.ones((32,
+                                                                                          260))}}
+    out = jax.eval_shape(hybrid.logits, jax.eval_shape(hybrid.init, jax.random.key(0)), target,
+                         jnp.ones((2, 32)), jnp.zeros((2, 5), jnp.int32))
+    chex.assert_shape(out, (2, 5, 260))
+
+
+def test_falcon_block_is_coupled_and_sees_only_the_context_before_it(tiny_model_and_params):
+    """Query q (depth q+1) sees the context up to its block's boundary and its block's other
+    queries, nothing else: changing a query's input moves its block-mates only, changing the
+    token at depth j moves only the blocks after depth j. Blocks: depths 1-2 (boundary 0),
+    3-4 (boundary 2), 5 (boundary 4)."""
+    model, params = tiny_model_and_params
+    heads = _falcon(model.config)
+    head_params = heads.init(jax.random.key(1))
+    hidden = jax.random.normal(jax.random.key(2), (3, 64))
+    tokens = jax.random.randint(jax.random.key(3), (3, 5), 0, 256)
+    logits = jax.jit(heads.logits)
+    out = logits(head_params, params, hidden, tokens)
+
+    def moved(changed):
+        return [not np.allclose(changed[:, q], out[:, q], atol=1e-6) for q in range(5)]
+
+    none = jnp.zeros((3, 5), bool)
+    for q, mates in [(1, {0, 1}), (3, {2, 3})]:  # query q reads token q (depth q) when glanced
+        got = moved(logits(head_params, params, hidden, tokens, none.at[:, q].set(True)))
+        assert got == [p in mates for p in range(5)], (q, got)
+    for depth, later in [(0, 0), (1, 2), (2, 2), (3, 4), (4, 4)]:  # blocks with boundary >= it
+        got = moved(logits(head_params, params, hidden, tokens.at[:, depth].add(1)))
+        assert got == [p >= later for p in range(5)], (depth, got)
+    np.testing.assert_array_equal(  # glancing the first query of a block changes nothing
+        logits(head_params, params, hidden, tokens, none.at[:, 2].set(True)), out)
+
+
+def test_falcon_block_by_block_equals_the_teacher_forced_forward(tiny_model_and_params):
+    """Drafting runs one block at a time on its context; training runs all blocks at once
+    under one mask. Both give the same logits, so the drafter is what training trained."""
+    model, params = tiny_model_and_params
+    for block in (2, 3):
+        heads = _falcon(model.config, block_size=block)
+        head_params = heads.init(jax.random.key(1))
+        hidden = jax.random.normal(jax.random.key(2), (3, 64))
+        tokens = jax.random.randint(jax.random.key(3), (3, 5), 0, 256)
+
+        @jax.jit
+        def both(head_params, tokens):
+            return heads.logits(head_params, params, hidden, tokens), [
+                heads.block_logits(head_params, params, hidden, tokens[:, : m + 1])
+                for m in range(0, 5, block)]
+
+        out, blocks = both(head_params, tokens)
+        for m, got in zip(range(0, 5, block), blocks):
+            chex.assert_shape(got, (3, min(block, 5 - m), 260))
+            np.testing.assert_allclose(got, out[:, m: m + got.shape[1]], atol=1e-5)
+    with pytest.raises(ValueError, match="must end at a block boundary"):
+        heads.block_logits(head_params, params, hidden, tokens[:, :2])
+    with pytest.raises(ValueError, match="for Falcon heads, not hydra heads"):
+        _heads(model, "hydra").block_logits(None, params, hidden, tokens[:, :1])

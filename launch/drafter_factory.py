@@ -9,6 +9,7 @@ spec and loads what it needs (a draft model's or draft heads' checkpoint).
     draft_dynamic   dDkKwWbB (d4k4w4b16)         a draft LM run: EAGLE-2 tree, depth D, top-K
                                                  children, W expanded per depth, B nodes kept
     medusa, hydra   preset or chainN (medusa_small)  a draft-heads run on this target
+    falcon          preset or chainN (chain4)    a Falcon drafter run on this target
 
 Presets are `zoo.decode.trees.PRESETS` (chain4, medusa_small, medusa_63). Every drafter but
 draft_dynamic also takes `auto` (`choose_tree`): the tree, chain or no speculation that
@@ -23,7 +24,7 @@ import jax
 from zoo import config as config_lib
 from zoo.decode.drafters import (DraftModelChain, DraftModelStaticTree, DraftModelTree,
                                  PromptLookup, TokenRecycling)
-from zoo.decode.head_drafters import HydraDrafter, MedusaDrafter
+from zoo.decode.head_drafters import FalconDrafter, HydraDrafter, MedusaDrafter
 from zoo.decode.trees import PRESETS, StaticTree, chain_tree
 from zoo.models import build_model
 from zoo.train.loop import load_run
@@ -33,10 +34,11 @@ DRAFT_EXPERIMENT = CONFIGS / "code_draft.yaml"
 
 DEFAULT_TREES = {"prompt_lookup": "chain6", "recycling": "medusa_small", "draft": "chain4",
                  "draft_tree": "medusa_small", "draft_dynamic": "d4k4w4b16",
-                 "medusa": "medusa_small", "hydra": "medusa_small"}
+                 "medusa": "medusa_small", "hydra": "medusa_small", "falcon": "chain4"}
 DRAFTERS = sorted(DEFAULT_TREES)
 MODEL_DRAFTERS = ("draft", "draft_tree", "draft_dynamic")  # need a draft LM run
-HEAD_DRAFTERS = ("medusa", "hydra")  # need a draft-heads run
+HEAD_DRAFTERS = ("medusa", "hydra", "falcon")  # need a draft-heads run
+HEAD_DRAFTER_CLASSES = {"medusa": MedusaDrafter, "hydra": HydraDrafter, "falcon": FalconDrafter}
 CHAIN_DRAFTERS = ("prompt_lookup", "draft")  # draft chains only
 # --tree auto: deepest tree (head drafters: their number of heads), candidates per node,
 # calibration prompts (at least this many for acceptance) and their length.
@@ -116,7 +118,7 @@ def make_drafter(name: str, *, tree: str | StaticTree | None, target_config, tar
     a `StaticTree` template.
 
     `draft_run`: the run directory of the draft LM (default: configs/experiments/code_draft's)
-    or, for medusa / hydra, of the heads (required).
+    or, for medusa / hydra / falcon, of the heads (required).
     """
     tree = tree or DEFAULT_TREES.get(name)
     if name == "draft_dynamic" and not isinstance(tree, StaticTree):
@@ -167,7 +169,7 @@ def drafter_builder(name: str, *, target_config, target_params, sampler, draft_r
                              f"(--draft-checkpoint); train them with zoo-train and a "
                              f"heads.kind={name} experiment")
         heads, params = _heads(draft_run, target_config, target_params, name)
-        cls = MedusaDrafter if name == "medusa" else HydraDrafter
+        cls = HEAD_DRAFTER_CLASSES[name]
         return lambda template: (cls(heads, template), params)
     model, params = _draft_model(draft_run or _default_draft_run(), target_config)
     if name == "draft":

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--speculative", metavar="DRAFTER",
                         help="also decode speculatively with this drafter and compare: "
                              "prompt_lookup, recycling, draft, draft_tree, draft_dynamic, "
-                             "medusa, hydra")
+                             "medusa, hydra, falcon")
     parser.add_argument("--tree", help="the drafter's tree: chainN, a preset (medusa_small, "
                                        "medusa_63), dDkKwWbB for draft_dynamic, or auto: the "
                                        "tree with the most tokens/s measured on this device "
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                              "its platform runs interpreted; default: the run's decode config)")
     parser.add_argument("--draft-checkpoint",
                         help="run directory of the draft LM (draft*) or of the heads (medusa, "
-                             "hydra)")
+                             "hydra, falcon)")
     diffusion = parser.add_argument_group("masked diffusion runs (default: the run's decode "
                                           "config)")
     diffusion.add_argument("--steps", type=int, help="sampling steps over the answer (0: one "

@@ -1,4 +1,5 @@
-"""Medusa / Hydra drafters: lossless (greedy spec == AR greedy) and fed the right hidden state."""
+"""Medusa / Hydra / Falcon drafters: lossless (greedy spec == AR greedy) and fed the right hidden
+state."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 from zoo.config import HeadsConfig
 from zoo.data.tokenizer import PAD_ID
 from zoo.decode import ar, speculative
-from zoo.decode.head_drafters import HydraDrafter, MedusaDrafter
+from zoo.decode.head_drafters import FalconDrafter, HydraDrafter, MedusaDrafter
 from zoo.decode.trees import PRESETS, static_tree
 from zoo.decode.verify import Verdict
 from zoo.models.heads import build_heads
@@ -18,11 +19,11 @@ from conftest import tiny_model_config
 DRAFTERS = {"medusa": MedusaDrafter, "hydra": HydraDrafter}
 
 
-def _random_heads(model, kind, seed=1, noise=0.02):
+def _random_heads(model, kind, seed=1, noise=0.02, **config):
     """Heads with random weights. Zero-initialised W's would make every head the identity;
     small noise keeps them close to it (so trees still get accepted on the random target's
     repetitive output) while making every head, depth and path different."""
-    heads = build_heads(HeadsConfig(kind=kind, target_run="unused"), model.config)
+    heads = build_heads(HeadsConfig(kind=kind, target_run="unused", **config), model.config)
     params = heads.init(jax.random.key(seed))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
@@ -61,10 +62,27 @@ def test_greedy_speculative_with_heads_equals_ar(tiny_model_and_params, eos, bat
         assert got.target_forwards[0] < want.num_tokens[0] - 1, kind
 
 
+@pytest.mark.parametrize("tree, block, batch", [("chain4", 3, 3), ("medusa_small", 2, 8)])
+def test_greedy_speculative_with_falcon_equals_ar(tiny_model_and_params, eos, tree, block, batch):
+    """A chain in blocks of 3 (depths 1-3, then 4 alone) and a branching tree in blocks of 2;
+    the EOS and the length limit fall inside a drafted block."""
+    model, params = tiny_model_and_params
+    prompts, max_new = PROMPTS[:batch], 23
+    want = ar.generate(model, params, prompts, max_new_tokens=max_new, eos_id=eos, pad_id=PAD_ID)
+    heads, head_params = _random_heads(model, "falcon", block_size=block)
+    got = speculative.generate(model, params, prompts,
+                               drafter=FalconDrafter(heads, PRESETS[tree]),
+                               drafter_params={"heads": head_params, "target": params},
+                               max_new_tokens=max_new, eos_id=eos, pad_id=PAD_ID)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
+    assert got.tau > 1.1 and got.target_forwards[0] < want.num_tokens[0] - 1
+
+
 def test_heads_drafters_keep_the_hidden_state_of_the_last_accepted_node():
     """After the prefill: h at each row's last prompt token; after a step: h at the last
     accepted node (the bonus after it is the next root, so head k drafts depth k under it)."""
-    for kind, drafter_cls in DRAFTERS.items():
+    for kind, drafter_cls in {**DRAFTERS, "falcon": FalconDrafter}.items():
         heads = build_heads(HeadsConfig(kind=kind, target_run="x"), tiny_model_config())
         drafter = drafter_cls(heads, static_tree([(0,), (1,), (0, 0)]))
         prefill_hidden = jax.random.normal(jax.random.key(0), (3, 5, 64))
@@ -116,4 +134,35 @@ def test_head_drafters_reject_a_tree_deeper_than_the_heads(tiny_model_and_params
         MedusaDrafter(heads, PRESETS["medusa_small"])
     with pytest.raises(ValueError, match="HydraDrafter needs hydra heads"):
         HydraDrafter(heads, PRESETS["chain4"])
+    with pytest.raises(ValueError, match="FalconDrafter needs falcon heads"):
+        FalconDrafter(heads, PRESETS["chain4"])
     assert hash(MedusaDrafter(heads, static_tree([(0,), (1,)]))) is not None  # a static jit arg
+
+
+def test_falcon_drafts_fill_the_tree_template_by_block(tiny_model_and_params):
+    """Node i at depth d in the block with boundary m is the ranks[i]-th best token of query d
+    given the path to its depth-m ancestor, as training runs it (teacher-forced; the tokens after
+    depth m are never read). So inside a block a candidate depends on its depth and that
+    ancestor only (Medusa-like), across blocks on the path (Hydra-like)."""
+    model, params = tiny_model_and_params
+    heads, head_params = _random_heads(model, "falcon", noise=1.0, block_size=2)
+    tree = PRESETS["medusa_small"]
+    hidden = jax.random.normal(jax.random.key(3), (2, 64))
+    draft, _ = jax.jit(FalconDrafter(heads, tree).propose)(
+        {"heads": head_params, "target": params}, {"hidden": hidden}, jnp.array([9, 100]), None)
+    tokens = np.asarray(draft.tokens)
+    np.testing.assert_array_equal(draft.parents, np.tile(tree.parents, (2, 1)))
+    np.testing.assert_array_equal(tokens[:, 0], [9, 100])
+    paths = np.zeros((tree.num_nodes, heads.num_heads), np.int32)
+    for i in range(1, tree.num_nodes):
+        boundary = (tree.depth[i] - 1) // 2 * 2
+        path = [tree.paths.index(tree.paths[i][:d]) for d in range(boundary + 1)]
+        paths[i, : len(path)] = tokens[0, path]
+    logits = heads.logits(head_params, params, jnp.broadcast_to(hidden[0], (tree.num_nodes, 64)),
+                          jnp.asarray(paths))
+    for i in range(1, tree.num_nodes):
+        want = np.argsort(-np.asarray(logits[i, tree.depth[i] - 1]), kind="stable")[tree.ranks[i]]
+        assert tokens[0, i] == want, f"node {i}"
+    best = {d: tokens[:, (tree.depth == d) & (tree.ranks == 0)] for d in (2, 3)}
+    assert (best[2] == best[2][:, :1]).all()  # depth 2: same block as depth 1, one anchor (root)
+    assert (best[3] != best[3][:, :1]).any()  # depth 3: a new block on each depth-2 node's path

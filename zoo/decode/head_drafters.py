@@ -1,6 +1,6 @@
-"""Drafters from draft heads (Medusa, Hydra) on the target's own hidden states.
+"""Drafters from draft heads (Medusa, Hydra, Falcon) on the target's own hidden states.
 
-Both follow the drafter protocol of `zoo.decode.drafters` and declare `needs_hidden = True`, so
+All follow the drafter protocol of `zoo.decode.drafters` and declare `needs_hidden = True`, so
 the engine also hands them the target's hidden states. Their whole state is one vector per row:
 the target's hidden state h_n at the last accepted node n. Why that node: verification emits the
 bonus g[n] (the target's own next token after n), which becomes the next root, at position
@@ -9,14 +9,17 @@ the heads draft the next tree without running anything but themselves, and the s
 refreshed from the tree forward the engine runs anyway (after the prefill: the last prompt
 token, whose successor is the first root).
 
-Both draft over a static tree template (`zoo.decode.trees.StaticTree`): node i is the
+All draft over a static tree template (`zoo.decode.trees.StaticTree`): node i is the
 `ranks[i]`-th best candidate under its parent. For Medusa a candidate depends only on its depth,
 so one call of all heads and one top-k per depth fill the whole tree (`gather_tokens`). For
 Hydra it depends on the path, so depth d runs head d on every depth-(d-1) node that has
-children, with that node's path (root included) as input.
+children, with that node's path (root included) as input. Falcon is between the two: one forward
+per block of depths, run on every node at the block's boundary depth m that has descendants in
+the block, with its path as context; inside the block a candidate depends on its depth and that
+boundary node only (the block's tokens are drafted together), as Medusa's do on the root.
 
 The candidates are fixed top-k picks, so the stochastic verification rule is "deterministic".
-`params` of both is `{"heads": head params, "target": target params}` (the heads read the
+`params` of all is `{"heads": head params, "target": target params}` (the heads read the
 target's frozen LM head and embedding).
 """
 
@@ -106,4 +109,32 @@ class HydraDrafter(_HeadDrafter):
             top = jax.lax.top_k(logits, int(ranks[kids].max()) + 1)[1]  # [B, n, k]
             slot = np.searchsorted(expanded, parents[kids])
             tokens = tokens.at[:, kids].set(top[:, slot, ranks[kids]].astype(jnp.int32))
+        return Draft(tokens, self._parents(b)), state
+
+
+@dataclasses.dataclass(frozen=True)
+class FalconDrafter(_HeadDrafter):
+    """Falcon: a block of depths per forward, on each boundary node's path, top-k per depth."""
+
+    heads: Any
+    tree: StaticTree = PRESETS["medusa_small"]
+    kind = "falcon"
+
+    def propose(self, params, state, last, rng):
+        tree, b, block = self.tree, last.shape[0], self.heads.block_size
+        depth, ranks = tree.depth, tree.ranks
+        paths = _ancestors(tree.parents, depth)
+        tokens = jnp.zeros((b, tree.num_nodes), jnp.int32).at[:, 0].set(last)
+        for m in range(0, tree.max_depth, block):  # static: the template's shape is known
+            nodes = np.flatnonzero((depth > m) & (depth <= m + block))
+            anchors = paths[nodes, m]  # each node's ancestor at the block boundary
+            expanded = np.unique(anchors)
+            context = tokens[:, paths[expanded, : m + 1]]  # [B, n, m+1]: root .. boundary node
+            hidden = jnp.broadcast_to(state["hidden"][:, None], (b, len(expanded),
+                                                                   state["hidden"].shape[-1]))
+            logits = self.heads.block_logits(params["heads"], params["target"], hidden, context)
+            top = jax.lax.top_k(logits, int(ranks[nodes].max()) + 1)[1]  # [B, n, depths, k]
+            slot = np.searchsorted(expanded, anchors)
+            tokens = tokens.at[:, nodes].set(
+                top[:, slot, depth[nodes] - m - 1, ranks[nodes]].astype(jnp.int32))
         return Draft(tokens, self._parents(b)), state

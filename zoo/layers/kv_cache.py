@@ -33,9 +33,9 @@ class KVCache:
                    jnp.zeros((batch,), jnp.int32), max_len)
 
     def write_prefix(self, k, v, lengths) -> "KVCache":
-        """The cache with slots [0, T) of every layer set from k, v stacked [L, B, T, K, D] (a
-        prefill's), and `lengths` committed."""
-        t = k.shape[2]
+        """The cache with slots [0, T) of every layer set from a prefill's k, v (one
+        [B, T, K, D] per layer), and `lengths` committed."""
+        t = k[0].shape[1] if k else 0
         ks = tuple(c.at[:, :, :t].set(k[i].transpose(0, 2, 1, 3).astype(c.dtype))
                    for i, c in enumerate(self.k))
         vs = tuple(c.at[:, :, :t].set(v[i].transpose(0, 2, 1, 3).astype(c.dtype))
@@ -45,10 +45,10 @@ class KVCache:
 
 @flax.struct.dataclass
 class KVPending:
-    """K/V of T extended-but-uncommitted tokens: [L, B, T, K, D]."""
+    """K/V of T extended-but-uncommitted tokens: one [B, T, K, D] per layer."""
 
-    k: jnp.ndarray
-    v: jnp.ndarray
+    k: tuple
+    v: tuple
 
 
 def commit_kv(cache: KVCache, pending: KVPending, path: jnp.ndarray, n_accepted: jnp.ndarray):

@@ -15,29 +15,32 @@ from kernels.ssm_tree_scan import node_state
 
 @flax.struct.dataclass
 class SSMCache:
-    """conv: [Lm, B, w - 1, C] the last w - 1 convolution inputs, oldest first;
-    state: [Lm, B, H, P, N] float32 SSM states (Lm Mamba2 layers)."""
+    """Per Mamba2 layer (tuples, one entry per layer, as `KVCache` for the same reason):
+    conv [B, w - 1, C] the last w - 1 convolution inputs, oldest first; state [B, H, P, N]
+    float32 SSM state."""
 
-    conv: jnp.ndarray
-    state: jnp.ndarray
+    conv: tuple
+    state: tuple
 
     @classmethod
     def zeros(cls, n_layers, batch, conv_width, conv_dim, n_heads, head_dim, state_dim, dtype):
-        return cls(jnp.zeros((n_layers, batch, conv_width - 1, conv_dim), dtype),
-                   jnp.zeros((n_layers, batch, n_heads, head_dim, state_dim), jnp.float32))
+        return cls(tuple(jnp.zeros((batch, conv_width - 1, conv_dim), dtype)
+                         for _ in range(n_layers)),
+                   tuple(jnp.zeros((batch, n_heads, head_dim, state_dim), jnp.float32)
+                         for _ in range(n_layers)))
 
 
 @flax.struct.dataclass
 class SSMPending:
-    """What T extended-but-uncommitted tree nodes leave behind, per Mamba2 layer:
-    conv_inputs [Lm, B, T, C]; x [Lm, B, T, H, P]; dt, log_decay [Lm, B, T, H];
-    B [Lm, B, T, G, N]; and the tree's parents [B, T]."""
+    """What T extended-but-uncommitted tree nodes leave behind, one entry per Mamba2 layer:
+    conv_inputs [B, T, C]; x [B, T, H, P]; dt, log_decay [B, T, H]; B [B, T, G, N]; and the
+    tree's parents [B, T]."""
 
-    conv_inputs: jnp.ndarray
-    x: jnp.ndarray
-    dt: jnp.ndarray
-    B: jnp.ndarray
-    log_decay: jnp.ndarray
+    conv_inputs: tuple
+    x: tuple
+    dt: tuple
+    B: tuple
+    log_decay: tuple
     parents: jnp.ndarray
 
 
@@ -58,11 +61,11 @@ def commit_ssm(cache: SSMCache, pending: SSMPending, path, n_accepted) -> SSMCac
     The conv window slides over the accepted nodes' inputs (in path order); the SSM state is that
     node's state. Rows with n_accepted 0 keep their cache.
     """
-    b = path.shape[0]
-    rows = jnp.arange(b)
-    accepted_inputs = pending.conv_inputs[:, rows[:, None], path]  # [Lm, B, M, C]
-    conv = jax.vmap(advance_window, in_axes=(0, 0, None))(cache.conv, accepted_inputs, n_accepted)
+    rows = jnp.arange(path.shape[0])
     last = jnp.where(n_accepted > 0, path[rows, jnp.maximum(n_accepted - 1, 0)], -1)
-    state = jax.vmap(node_state, in_axes=(0, 0, 0, 0, 0, None, None))(
-        pending.x, pending.dt, pending.B, pending.log_decay, cache.state, pending.parents, last)
+    conv = tuple(advance_window(window, inputs[rows[:, None], path], n_accepted)
+                 for window, inputs in zip(cache.conv, pending.conv_inputs))
+    state = tuple(node_state(x, dt, B, log_decay, start, pending.parents, last)
+                  for x, dt, B, log_decay, start in zip(pending.x, pending.dt, pending.B,
+                                                        pending.log_decay, cache.state))
     return SSMCache(conv, state)

@@ -12,7 +12,6 @@ import dataclasses
 
 import flax.linen as nn
 import flax.struct
-import jax
 import jax.numpy as jnp
 
 from kernels.trees import node_depths
@@ -25,8 +24,8 @@ from zoo.models.transformer import (RESIDUAL, Block, Transformer, TransformerLM,
                                     constrain_kv)
 from zoo.parallel import constrain
 
-SSM_CONV = (None, "batch", None, None)  # [Lm, B, w - 1, C]
-SSM_STATE = (None, "batch", "ssm_heads", None, None)  # [Lm, B, H, P, N]
+SSM_CONV = ("batch", None, None)  # one layer's [B, w - 1, C]
+SSM_STATE = ("batch", "ssm_heads", None, None)  # one layer's [B, H, P, N]
 
 
 @flax.struct.dataclass
@@ -66,8 +65,10 @@ class MambaBlock(nn.Module):
         return x + out, pending
 
 
-def _stack(per_layer):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
+def _per_field(per_layer):
+    """Per-layer tuples of pieces -> a tuple of pieces, each one entry per layer (None if no
+    layer)."""
+    return tuple(zip(*per_layer)) if per_layer else None
 
 
 class HybridBackbone(Transformer):
@@ -85,7 +86,8 @@ class HybridBackbone(Transformer):
         cache taken at `lengths`); attention is (k, v) stacked [La, B, T, K, D], mamba is
         (conv window, state) stacked over Mamba2 layers. With `cache` (a HybridCache) and
         `parents`: the tokens are tree nodes; attention is the new (k, v), mamba the pending
-        pieces of each Mamba2 layer. Either is None when the model has no such layer.
+        pieces of each Mamba2 layer. Each piece is a tuple with one entry per layer (attention
+        is [B, T, K, D]); either is None when the model has no such layer.
         `logits_at`: see `Transformer.head`.
         """
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
@@ -106,7 +108,7 @@ class HybridBackbone(Transformer):
                 mamba.append(pending)
             x = constrain(self.layout, x, RESIDUAL)
         logits, hidden = self.head(x, logits_at)
-        return logits, hidden, (_stack(attention), _stack(mamba))
+        return logits, hidden, (_per_field(attention), _per_field(mamba))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +121,8 @@ class MambaLM(TransformerLM):
         return HybridBackbone(self.config, self.kernel_backend, self.layout)
 
     def constrain_cache(self, cache: HybridCache) -> HybridCache:
-        ssm = SSMCache(constrain(self.layout, cache.ssm.conv, SSM_CONV),
-                       constrain(self.layout, cache.ssm.state, SSM_STATE))
+        ssm = SSMCache(tuple(constrain(self.layout, c, SSM_CONV) for c in cache.ssm.conv),
+                       tuple(constrain(self.layout, s, SSM_STATE) for s in cache.ssm.state))
         return HybridCache(constrain_kv(self.layout, cache.kv), ssm)
 
     def _counts(self):
@@ -159,8 +161,8 @@ class MambaLM(TransformerLM):
         cache = self.init_cache(b, max_len)
         kv = (cache.kv.replace(lengths=lengths) if attention is None
               else cache.kv.write_prefix(*attention, lengths))
-        ssm = cache.ssm if mamba is None else SSMCache(mamba[0].astype(cache.ssm.conv.dtype),
-                                                       mamba[1])
+        ssm = cache.ssm if mamba is None else SSMCache(
+            tuple(c.astype(old.dtype) for c, old in zip(mamba[0], cache.ssm.conv)), mamba[1])
         return logits, hidden, self.constrain_cache(HybridCache(kv, ssm))
 
     def extend(self, params, cache: HybridCache, tokens, parents):
@@ -168,11 +170,8 @@ class MambaLM(TransformerLM):
         positions = cache.lengths[:, None] + node_depths(parents)
         logits, hidden, (attention, mamba) = self.module.apply(
             {"params": params}, tokens, positions, cache=cache, parents=parents)
-        b, t = tokens.shape
-        c = self.config
         if attention is None:
-            empty = jnp.zeros((0, b, t, c.n_kv_heads, c.resolved_head_dim), jnp.dtype(c.dtype))
-            attention = (empty, empty)
+            attention = ((), ())
         ssm = None if mamba is None else SSMPending(*mamba, parents=parents)
         return logits, hidden, HybridPending(KVPending(*attention), ssm)
 

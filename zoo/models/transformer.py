@@ -81,7 +81,8 @@ class Transformer(nn.Module):
         return logits.astype(jnp.float32), hidden
 
     def __call__(self, tokens, positions, mask=None, cache=None, parents=None, logits_at=None):
-        """Returns (logits float32 [B, T, V], hidden [B, T, E], (k, v) stacked [L, B, T, K, D]).
+        """Returns (logits float32 [B, T, V], hidden [B, T, E], (k, v)): k, v one [B, T, K, D] per
+        layer (tuples).
 
         Without `cache`: full-sequence attention under `mask`. With `cache` (a KVCache) and
         `parents`: the tokens are tree nodes extending the committed cache. `logits_at`: see
@@ -96,7 +97,7 @@ class Transformer(nn.Module):
             ks.append(k)
             vs.append(v)
         logits, hidden = self.head(x, logits_at)
-        return logits, hidden, (jnp.stack(ks), jnp.stack(vs))
+        return logits, hidden, (tuple(ks), tuple(vs))
 
 
 def constrain_kv(layout: Layout | None, cache: KVCache) -> KVCache:

@@ -20,6 +20,7 @@ from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mamba2 import Mamba2Mixer
 from zoo.layers.params import rms_norm
 from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
+from zoo.models.protocol import after_forward
 from zoo.models.transformer import (RESIDUAL, Block, Transformer, TransformerLM, _positions,
                                     constrain_kv)
 from zoo.parallel import constrain
@@ -173,7 +174,7 @@ class MambaLM(TransformerLM):
         if attention is None:
             attention = ((), ())
         ssm = None if mamba is None else SSMPending(*mamba, parents=parents)
-        return logits, hidden, HybridPending(KVPending(*attention), ssm)
+        return logits, hidden, after_forward(HybridPending(KVPending(*attention), ssm), logits)
 
     def commit(self, cache: HybridCache, pending: HybridPending, path, n_accepted) -> HybridCache:
         kv = commit_kv(cache.kv, pending.kv, path, n_accepted)

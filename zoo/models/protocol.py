@@ -7,6 +7,7 @@ object itself is a hashable frozen dataclass that can be a static jit argument.
 
 from typing import Any, Protocol
 
+import jax
 import jax.numpy as jnp
 
 Params = Any
@@ -39,3 +40,16 @@ class DecodingModel(Protocol):
     def commit(self, cache: Cache, pending: Pending, path: jnp.ndarray, n_accepted: jnp.ndarray
                ) -> Cache:
         """Keep the accepted nodes `path[b, :n_accepted[b]]` of the last extend."""
+
+
+def after_forward(pending: Pending, logits: jnp.ndarray) -> Pending:
+    """`pending` (unchanged unless the forward produced NaN, when it is zeroed), made to depend
+    on the forward's `logits`, so no commit of it can run before the whole forward has.
+
+    Why: a commit writes each layer's cache in place. Without this dependency XLA may schedule
+    layer i's write before layer i's attention (or SSM step) has read that cache, and then keeps
+    both by copying every layer's cache on every step (at batch 16 as costly as the attention).
+    `lax.optimization_barrier` does not order the two on XLA:CPU; a data dependency does.
+    """
+    broken = jnp.isnan(logits.reshape(-1)[0])
+    return jax.tree.map(lambda x: jnp.where(broken, jnp.zeros_like(x), x), pending)

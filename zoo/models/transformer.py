@@ -16,6 +16,7 @@ from zoo.layers.attention import Attention, attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.params import dense, rms_norm
+from zoo.models.protocol import after_forward
 from zoo.parallel import Layout, constrain
 
 # Logical names of activation and cache dimensions (parameters name theirs in their initializers).
@@ -175,7 +176,7 @@ class TransformerLM:
         positions = cache.lengths[:, None] + node_depths(parents)
         logits, hidden, (k, v) = self.module.apply(
             {"params": params}, tokens, positions, cache=cache, parents=parents)
-        return logits, hidden, KVPending(k, v)
+        return logits, hidden, after_forward(KVPending(k, v), logits)
 
     def commit(self, cache: KVCache, pending: KVPending, path, n_accepted) -> KVCache:
         return self.constrain_cache(commit_kv(cache, pending, path, n_accepted))

@@ -1,0 +1,79 @@
+"""Decode loops update their KV caches in place: the compiled loop holds no copy of a layer's KV
+cache. A copy per step is easy to cause and costly (at batch 16 it cost as much as the
+attention): XLA inserts one when a layer's cache write may run before that layer's attention has
+read the cache, i.e. when a commit does not depend on the step's forward (see
+`zoo.models.protocol.after_forward`). SSM states are not checked: a commit computes a new state
+from the old one (not a scatter), which XLA may stage through a copy of that small tensor."""
+
+import re
+
+import jax
+import pytest
+
+from zoo.data.tokenizer import PAD_ID
+from zoo.decode import ar, next_block, speculative
+from zoo.decode.drafters import DraftModelChain, PromptLookup
+from zoo.models import build_model
+
+from conftest import tiny_model_config, tiny_ssm_config
+
+PROMPTS = [[5, 6, 7, 5, 6, 7], [9, 8, 9, 8]]
+COPY = re.compile(r"= \w+\[([\d,]*)\]\{[\d,]*\} copy\(")
+
+
+def _compiled_loop(monkeypatch, engine, run) -> str:
+    """The optimized HLO of `engine._decode` as `run()` calls it."""
+    jitted, seen = engine._decode, {}
+
+    def spy(*args, **kwargs):
+        seen["hlo"] = jitted.lower(*args, **kwargs).compile().as_text()
+        return jitted(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_decode", spy)
+    run()
+    return seen["hlo"]
+
+
+def _cache_shapes(model, batch: int, max_len: int) -> set[tuple]:
+    """Shapes of the model's per-layer KV cache arrays."""
+    cache = jax.eval_shape(lambda: model.init_cache(batch, max_len))
+    kv = getattr(cache, "kv", cache)
+    return {tuple(layer.shape) for layer in kv.k + kv.v}
+
+
+def _assert_no_cache_copy(hlo: str, shapes: set[tuple]):
+    copied = [m for m in COPY.findall(hlo) if tuple(int(d) for d in m.split(",") if d) in shapes]
+    assert not copied, f"the decode loop copies cache buffers of shapes {sorted(set(copied))}"
+
+
+@pytest.mark.parametrize("config", [tiny_model_config(), tiny_ssm_config("hybrid")],
+                         ids=["transformer", "hybrid"])
+def test_ar_loop_updates_caches_in_place(monkeypatch, config):
+    model = build_model(config)
+    params = model.init(jax.random.key(0))
+    hlo = _compiled_loop(monkeypatch, ar, lambda: ar.generate(
+        model, params, PROMPTS, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID, max_len=64))
+    _assert_no_cache_copy(hlo, _cache_shapes(model, len(PROMPTS), 64))
+
+
+def test_speculative_loop_updates_caches_in_place(monkeypatch, tiny_model_and_params):
+    target, params = tiny_model_and_params
+    draft = build_model(tiny_model_config(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                                          mlp_dim=64))
+    draft_params = draft.init(jax.random.key(1))
+    for drafter, drafter_params in [(PromptLookup(num_draft=3), None),
+                                    (DraftModelChain(draft, num_draft=3), draft_params)]:
+        hlo = _compiled_loop(monkeypatch, speculative, lambda: speculative.generate(
+            target, params, PROMPTS, drafter=drafter, drafter_params=drafter_params,
+            max_new_tokens=8, eos_id=-1, pad_id=PAD_ID, max_len=64))
+        monkeypatch.undo()
+        _assert_no_cache_copy(hlo, _cache_shapes(target, len(PROMPTS), 64)
+                              | _cache_shapes(draft, len(PROMPTS), 64))
+
+
+def test_next_block_loop_updates_caches_in_place(monkeypatch, tiny_model_and_params):
+    model, params = tiny_model_and_params
+    hlo = _compiled_loop(monkeypatch, next_block, lambda: next_block.generate(
+        model, params, PROMPTS, block_size=2, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID,
+        max_len=64))
+    _assert_no_cache_copy(hlo, _cache_shapes(model, len(PROMPTS), 64))

@@ -19,7 +19,7 @@ MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 
 CHECK = r"""
 import json, sys, tempfile
-import jax, jax.numpy as jnp, numpy as np
+import jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, "tests")
 from conftest import tiny_model_config, tiny_ssm_config, loud_ssm_params
 from zoo.checkpoint import Checkpointer
@@ -102,6 +102,25 @@ for family, config in CONFIGS.items():
             out["tokens_equal"][family] = bool((a.tokens == b.tokens).all()
                                                and (a.tokens == c.tokens).all())
 
+# zoo-import places a Hugging Face folder's tensors on their shards over every local device and
+# creates the optimizer moments sharded: no device holds a whole weight matrix.
+from zoo.config import ExperimentConfig
+from zoo.export import convert, hf, llama
+config = CONFIGS["transformer"]
+params = build_model(config).init(jax.random.key(0))
+with tempfile.TemporaryDirectory() as folder:
+    hf.write(folder, llama.hf_config(config), llama.tensor_map(config), params)
+    host = hf.read(folder, llama.tensor_map(config), config.param_dtype)
+state = convert._placed_state(ExperimentConfig(model=config), host, tx)
+kernel = state.params["block_0"]["mlp"]["up"]["kernel"]
+moment = optax.tree_utils.tree_get(state.opt_state, "mu")["block_0"]["mlp"]["up"]["kernel"]
+out["import_placement"] = {
+    "devices": len(kernel.sharding.device_set),
+    "shard_fraction": kernel.addressable_shards[0].data.size / kernel.size,
+    "moment_like_param": moment.sharding == kernel.sharding,
+    "params_equal": all(bool((np.asarray(a) == np.asarray(b)).all())
+                        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)))}
+
 # Parameters that do not divide over the mesh are named before anything is placed.
 for family, config in (("transformer", tiny_model_config()), ("mamba2", tiny_ssm_config())):
     model = build_model(config)
@@ -132,6 +151,12 @@ def test_sharded_training_equals_single_device(eight_devices, family, sizes):
     # Adam moves every weight by up to the learning rate (3e-3) whatever its gradient's size, so
     # reduction-order differences (~1e-7) in near-zero gradients show as up to ~1e-4 in params.
     assert eight_devices["param_diff"][f"{family} {sizes}"] < 2e-4
+
+
+def test_import_places_params_and_moments_on_their_shards(eight_devices):
+    placed = eight_devices["import_placement"]
+    assert placed["devices"] == 8 and placed["shard_fraction"] <= 1 / 2
+    assert placed["moment_like_param"] and placed["params_equal"]
 
 
 @pytest.mark.parametrize("family", ["transformer", "mamba2", "hybrid"])

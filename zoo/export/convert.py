@@ -46,6 +46,27 @@ def _spread_layout(config: config_lib.ExperimentConfig) -> Layout | None:
         return None
 
 
+def _placed_state(config: config_lib.ExperimentConfig, params, tx) -> TrainState:
+    """A fresh train state around host `params`, built where it will live: each tensor goes
+    straight to its shards over the local devices and the optimizer moments are created sharded
+    like their params, so no device ever holds the whole model (one device when the sizes do
+    not divide)."""
+    from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
+    from zoo.train.steps import StepShardings  # noqa: PLC0415
+
+    layout = _spread_layout(config)
+    if layout is None:
+        params = jax.tree.map(jax.numpy.asarray, params)
+        return TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+    abstract = jax.eval_shape(lambda p: TrainState(jax.numpy.zeros((), jax.numpy.int32), p,
+                                                   tx.init(p)), params)
+    shardings = StepShardings.for_state(abstract, build_model(config.model).logical_axes(), tx,
+                                        layout).state
+    params = jax.tree.map(jax.device_put, params, shardings.params)
+    return jax.jit(lambda p: TrainState(jax.numpy.zeros((), jax.numpy.int32), p, tx.init(p)),
+                   out_shardings=shardings)(params)
+
+
 def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None,
                max_shard_bytes: int = 2 * 2**30) -> list[str]:
     """Write the run's latest (or `step`) params as a Hugging Face folder; the file names."""
@@ -75,12 +96,11 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
         base.train, run_dir=str(out_dir)))
     params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype)
-    params = jax.tree.map(jax.numpy.asarray, params)
     from zoo.train.loop import data_identity  # noqa: PLC0415
     from zoo.train.optimizer import make_optimizer  # noqa: PLC0415
 
     tx = make_optimizer(config.train)
-    state = TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+    state = _placed_state(config, params, tx)
     out = pathlib.Path(out_dir)
     checkpointer = Checkpointer(out / "checkpoints", async_save=False)
     if checkpointer.latest_step() is not None:

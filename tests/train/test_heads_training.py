@@ -10,7 +10,7 @@ import pytest
 from launch.train import main as train_cli
 from zoo.checkpoint import Checkpointer
 from zoo.config import ConfigError
-from zoo.train.heads import head_losses, load_heads_run
+from zoo.train.heads import glance, glancing_losses, head_losses, load_heads_run
 from zoo.train.loop import load_run, train
 
 from conftest import REPO
@@ -94,6 +94,71 @@ def test_hydra_heads_train(tiny_experiment, target_run):
         np.mean([result.losses[s] for s in range(1, 5)]) - 0.3
     assert [e["step"] for e in result.evals] == [8, 16]
     assert all(0 < result.evals[-1][f"val_head{k}_top1"] <= 1 for k in (1, 2, 3))
+
+
+def test_glance_shows_only_missed_tokens_a_ratio_of_them_per_row():
+    """Per row, n of the m missed entries: n is floor or ceil of ratio * m, ratio * m on
+    average, and every missed entry is equally likely to be shown."""
+    missed = jax.random.bernoulli(jax.random.key(0), 0.6, (20000, 6))
+    m = np.asarray(missed.sum(-1))
+    for ratio in (0.5, 0.3):
+        shown = np.asarray(glance(jax.random.key(1), missed, ratio))
+        n = shown.sum(-1)
+        assert not (shown & ~np.asarray(missed)).any()
+        assert ((n == np.floor(ratio * m)) | (n == np.ceil(ratio * m))).all()
+        # Mean of n: ratio * mean(m) within 5 standard errors (n - ratio*m has sd <= 0.5).
+        assert abs(n.mean() - ratio * m.mean()) < 5 * 0.5 / np.sqrt(len(m))
+        per_entry = shown.sum(0) / np.asarray(missed).sum(0)  # ~ratio at every column
+        np.testing.assert_allclose(per_entry, ratio, atol=0.03)
+    assert not glance(jax.random.key(2), missed, 0.0).any()
+    np.testing.assert_array_equal(glance(jax.random.key(2), missed, 1.0), missed)
+
+
+def test_glancing_shows_a_missed_token_to_the_next_query_of_its_block_and_drops_its_loss():
+    """With ratio 1 every miss that has a next query in its block (depths 1-2, 3-4, 5) is shown:
+    query q+1 reads token q+1 (query q's label) and query q leaves the loss. A miss at the end
+    of a block, or past the window, is shown to nobody."""
+    t_len, k_heads, vocab = 9, 5, 40
+    greedy = jax.random.randint(jax.random.key(0), (2, t_len), 0, vocab)
+    wrong = jax.random.bernoulli(jax.random.key(1), 0.5, (2, t_len, k_heads))
+    seen = []
+
+    class Heads:
+        num_heads, block_size = k_heads, 2
+
+        def logits(self, params, target_params, hidden, tokens, glanced=None):
+            seen.append(glanced)
+            labels = jnp.take(greedy, jnp.minimum(jnp.arange(t_len)[:, None] + jnp.arange(
+                1, k_heads + 1), t_len - 1), axis=1)
+            return 30.0 * jax.nn.one_hot(jnp.where(wrong, (labels + 1) % vocab, labels), vocab)
+
+    hidden = jnp.zeros((2, t_len, 4))
+    losses, mask = glancing_losses(Heads(), None, None, hidden, greedy, jax.random.key(2), 1.0)
+    assert seen[0] is None  # the first pass drafts without glancing
+    _, _, inside = head_losses(Heads(), None, None, hidden, greedy)
+    has_next = np.array([True, False, True, False, False])
+    shown = np.asarray(wrong & inside) & has_next
+    assert shown.any() and (np.asarray(wrong & inside) & ~has_next).any()
+    np.testing.assert_array_equal(seen[1][..., 1:], shown[..., :-1])
+    assert not np.asarray(seen[1][..., 0]).any()
+    np.testing.assert_array_equal(mask, np.asarray(inside) & ~shown)
+
+
+def test_falcon_drafter_trains_and_decodes_through_zoo_generate(tiny_experiment, target_run,
+                                                                tmp_path, capsys):
+    run_dir = tmp_path / "falcon"
+    result = train(_heads(tiny_experiment, target_run, "falcon", "heads.block_size=2",
+                          "train.steps=16", "train.eval_every=8", f"train.run_dir={run_dir}"),
+                   progress=False)
+    assert np.mean([result.losses[s] for s in range(13, 17)]) < \
+        np.mean([result.losses[s] for s in range(1, 5)]) - 0.3
+    assert all(0 < result.evals[-1][f"val_head{k}_top1"] <= 1 for k in (1, 2, 3))
+    from launch.generate import main as generate_cli
+    assert generate_cli(["--checkpoint", str(target_run), "--prompt", "def f(x):", "--temperature",
+                         "0", "--max-new-tokens", "12", "--speculative", "falcon",
+                         "--draft-checkpoint", str(run_dir), "--tree", "chain3"]) == 0
+    out = capsys.readouterr().out
+    assert "speculative (falcon)" in out and "outputs identical" in out, out
 
 
 def test_bad_target_run_fails_before_any_work(tiny_experiment, target_run, tmp_path, capsys,

@@ -1,12 +1,19 @@
-"""AR decode throughput of the demo model, and how close batch-1 decoding gets to the roofline.
+"""AR decode throughput per batch size, what one decode step costs against its memory-bound
+floor, and how close batch-1 decoding gets to the roofline.
 
-    python bench/ar_decode.py [--config configs/experiments/code_small.yaml] [--new-tokens 256]
+    python bench/ar_decode.py [--config configs/experiments/decode_24m.yaml] [--new-tokens 128]
 
-Batch-1 decoding reads every weight once per token, so its ceiling is
-memory bandwidth / weight bytes. Bandwidth is measured on this machine with a large
-matrix-vector product (which is bandwidth-bound); the fraction reached is
-measured tokens/s / (bandwidth / weight bytes). Weights are random (speed does not depend on
-them) and EOS is disabled so every row generates exactly --new-tokens.
+Throughput: greedy decoding of --new-tokens tokens after a --prompt-len-byte prompt at each
+batch size (EOS off, so every row decodes exactly that many), median of --repeats runs.
+
+Step cost: one 1-token `extend` at each batch size over a cache of the size decoding allocates,
+against its floor = a cache-free forward of the same tokens (weights read once, the same
+matmuls) + the cache bytes / measured bandwidth. A ratio near 1 means attention reads the cache
+at memory speed; the floor counts the whole preallocated cache, which the XLA path need not read.
+
+Roofline: batch-1 decoding reads every weight once per token, so its ceiling is
+bandwidth / weight bytes, bandwidth measured here by a large matrix-vector product.
+Weights are random (speed does not depend on them).
 """
 
 import argparse
@@ -21,7 +28,8 @@ from common import machine, markdown_table, median_seconds, peak_rss_mib, write_
 
 from zoo import config as config_lib  # noqa: E402
 from zoo.data.tokenizer import PAD_ID, ByteTokenizer  # noqa: E402
-from zoo.decode.ar import generate  # noqa: E402
+from zoo.decode.ar import generate, prepare_request  # noqa: E402
+from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.models import build_model  # noqa: E402
 
 
@@ -34,20 +42,44 @@ def matvec_bandwidth(rows: int = 8192, cols: int = 8192, repeats: int = 5) -> fl
     return w.nbytes / seconds
 
 
+def step_costs(model, params, prompts, new_tokens, repeats) -> dict:
+    """Seconds of one 1-token extend after the prompt, of a cache-free forward of the same
+    tokens, and the cache's bytes."""
+    batch = len(prompts)
+    tokens, lengths, _, max_len = prepare_request(
+        prompts, vocab_size=model.vocab_size, pad_id=PAD_ID, max_new_tokens=new_tokens,
+        sampler=Sampler(), rng=None, max_len=None)
+    _, _, cache = jax.jit(model.prefill, static_argnums=3)(params, tokens, lengths, max_len)
+    step = jnp.zeros((batch, 1), jnp.int32)
+    parents = jnp.full((batch, 1), -1, jnp.int32)
+    extend = jax.jit(lambda p, c: model.extend(p, c, step, parents)[0])
+    forward = jax.jit(lambda p: model.forward(p, step)[0])
+    return {"max_len": max_len,
+            "extend_s": median_seconds(lambda: extend(params, cache).block_until_ready(),
+                                       repeats=repeats * 4),
+            "forward_s": median_seconds(lambda: forward(params).block_until_ready(),
+                                        repeats=repeats * 4),
+            "cache_bytes": sum(x.nbytes for x in jax.tree.leaves(cache))}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/experiments/code_small.yaml")
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--config", default="configs/experiments/decode_24m.yaml")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="ar_decode", help="results file name (bench/results)")
     args = parser.parse_args(argv)
 
     config = config_lib.load(args.config)
     model = build_model(config.model)
     params = model.init(jax.random.key(0))
     weight_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
-    tok = ByteTokenizer()
-    prompt = tok.encode("import os\n\ndef main(argv):\n    ", bos=True)
+    text = ("import os\nimport sys\n\n\ndef main(argv):\n    parser = argparse.ArgumentParser("
+            "description=__doc__)\n")
+    prompt = ByteTokenizer().encode(text, bos=True)[: args.prompt_len]
+    bandwidth = matvec_bandwidth()
 
     results = []
     for batch in args.batches:
@@ -55,28 +87,37 @@ def main(argv=None):
         run = lambda: generate(model, params, prompts, max_new_tokens=args.new_tokens,  # noqa
                                eos_id=-1, pad_id=PAD_ID)
         seconds = median_seconds(run, repeats=args.repeats)
-        results.append({"batch": batch, "seconds": seconds,
-                        "tokens_per_s": batch * args.new_tokens / seconds})
+        row = {"batch": batch, "seconds": seconds,
+               "tokens_per_s": batch * args.new_tokens / seconds,
+               **step_costs(model, params, prompts, args.new_tokens, args.repeats)}
+        row["floor_s"] = row["forward_s"] + row["cache_bytes"] / bandwidth
+        results.append(row)
+        print(row, flush=True)
 
-    bandwidth = matvec_bandwidth()
     roofline = bandwidth / weight_bytes
-    results[0]["roofline_fraction"] = (results[0]["tokens_per_s"] / roofline
-                                       if results[0]["batch"] == 1 else None)
+    base = results[0]["tokens_per_s"] if results[0]["batch"] == 1 else None
     payload = {"machine": machine(), "config": config_lib.to_dict(config),
-               "new_tokens": args.new_tokens, "repeats": args.repeats,
+               "new_tokens": args.new_tokens, "prompt_len": len(prompt), "repeats": args.repeats,
                "weight_bytes": weight_bytes, "matvec_bandwidth_gb_s": bandwidth / 1e9,
                "roofline_tokens_per_s_batch1": roofline, "results": results,
                "peak_rss_mib": peak_rss_mib()}
-    rows = [[r["batch"], f"{r['tokens_per_s']:,.0f}", f"{r['seconds'] * 1e3 / args.new_tokens:.2f}",
-             f"{r['roofline_fraction']:.1%}" if r.get("roofline_fraction") else "—"]
+    rows = [[r["batch"], f"{r['tokens_per_s']:,.0f}",
+             f"{r['tokens_per_s'] / base:.1f}x" if base else "—",
+             f"{r['seconds'] * 1e3 / args.new_tokens:.2f}",
+             f"{r['tokens_per_s'] / roofline:.1%}" if r["batch"] == 1 else "—",
+             f"{r['extend_s'] * 1e3:.2f}", f"{r['forward_s'] * 1e3:.2f}",
+             f"{r['cache_bytes'] / 1e6:.1f}", f"{r['extend_s'] / r['floor_s']:.2f}x"]
             for r in results]
-    table = markdown_table(["batch", "tokens/s", "ms / step", "of bandwidth roofline"], rows)
+    table = markdown_table(["batch", "tokens/s", "vs batch 1", "ms / step",
+                            "of bandwidth roofline", "1-token extend (ms)",
+                            "cache-free forward (ms)", "cache (MB)", "extend / floor"], rows)
     table += (f"\n\nModel {config.name}: {weight_bytes / 1e6:.1f} MB of weights; matvec bandwidth "
-              f"{bandwidth / 1e9:.1f} GB/s -> roofline {roofline:,.0f} tokens/s at batch 1; "
-              f"peak RSS {payload['peak_rss_mib']:.0f} MiB; median of {args.repeats} runs of "
-              f"{args.new_tokens} new tokens after a warm-up.")
+              f"{bandwidth / 1e9:.1f} GB/s -> roofline {roofline:,.0f} tokens/s at batch 1. "
+              f"Prompts of {len(prompt)} tokens, {args.new_tokens} new tokens, greedy, median of "
+              f"{args.repeats} runs after a warm-up; floor = cache-free forward + cache bytes / "
+              f"bandwidth. Peak RSS {payload['peak_rss_mib']:.0f} MiB.")
     print(table)
-    print(f"wrote {write_result('ar_decode', payload, table)}")
+    print(f"wrote {write_result(args.name, payload, table)}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def load_rows(run_dir: pathlib.Path, repeats: int) -> list[dict]:
 
     full = median_seconds(lambda: restore("restore", state), repeats=repeats)
     only = median_seconds(lambda: restore("restore_params", params), repeats=repeats)
-    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**20  # noqa: E731
+    def size(tree):
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**20
+
     return [{"restore": "whole train state", "mib": size(state), "seconds": full},
             {"restore": "parameters only", "mib": size(params), "seconds": only}]
 

@@ -4,6 +4,10 @@ draft LM, prompt lookup decoding; zoo: its draft-LM chain and prompt lookup), an
 step.
 
     python bench/vs_transformers.py [--target configs/experiments/code_ref.yaml]
+    python bench/vs_transformers.py --ar-only [--model configs/experiments/decode_24m.yaml]
+
+`--ar-only`: AR greedy decoding alone at batches 1, 4 and 16, on a random-weight model (nothing
+to train; decode speed does not depend on the weights), written to vs_transformers_ar.md.
 
 The target and the draft LM (code_draft) are trained once (runs/bench) and exported with
 zoo-export; transformers loads the folders in float32. Greedy rows also check both sides emit
@@ -94,13 +98,52 @@ def train_step_rates(config, repeats) -> tuple[float, float]:
     return n / zoo_s, n / torch_s
 
 
+def ar_only(config_path: str, batches, n: int, repeats: int) -> None:
+    """zoo vs transformers AR greedy decoding on the same random weights."""
+    from zoo.export import hf, llama
+
+    config = config_lib.load(config_path)
+    model = build_model(config.model)
+    params = model.init(jax.random.key(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.write(tmp, llama.hf_config(config.model), llama.tensor_map(config.model), params)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    theirs.eval()
+    prompts = opening_prompts(config.data.corpus, config.data.data_dir, max(batches))
+    rows, payload = [], {"model": config_path, "machine": machine(), "new_tokens": n, "rows": []}
+    for batch in batches:
+        p = prompts[:batch]
+        ours, zoo_s = timed(lambda: ar.generate(model, params, p, max_new_tokens=n, eos_id=-1,
+                                                pad_id=PAD_ID).tokens, repeats)
+        hf_out, hf_s = timed(lambda: hf_generate(theirs, p, n), repeats)
+        same = bool(np.array_equal(np.asarray(ours), hf_out))
+        rows.append([batch, f"{batch * n / zoo_s:,.0f}", f"{batch * n / hf_s:,.0f}",
+                     f"{hf_s / zoo_s:.2f}x", "yes" if same else "no"])
+        payload["rows"].append({"batch": batch, "zoo_tokens_per_s": batch * n / zoo_s,
+                                "hf_tokens_per_s": batch * n / hf_s, "same_tokens": same})
+        print(rows[-1], flush=True)
+    table = markdown_table(["batch", "zoo tokens/s", "transformers tokens/s",
+                            "zoo / transformers", "same tokens"], rows)
+    size = sum(x.size for x in jax.tree.leaves(params)) / 1e6
+    table += (f"\n\nAR greedy, {config.name} ({size:.1f}M "
+              f"params, random weights, float32), corpus opening prompts, {n} new tokens, EOS "
+              f"off; transformers eager with its KV cache; median of {repeats} after a warm-up.")
+    print(table)
+    write_result("vs_transformers_ar", payload, table)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", default=CODE_REF)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ar-only", action="store_true")
+    parser.add_argument("--model", default="configs/experiments/decode_24m.yaml",
+                        help="the random-weight model of --ar-only")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.ar_only:
+        return ar_only(args.model, (1, 4, 16), args.new_tokens, args.repeats)
     ensure_trained(args.target, DRAFT)
     target_cfg = config_lib.load(args.target)
     config, params = load_run(target_cfg.train.run_dir)

@@ -4,8 +4,8 @@
     python bench/speculative.py --quick    # batch 1 only, fewer tokens: a smoke run
     python bench/speculative.py --target configs/experiments/code_mamba.yaml   # or code_hybrid
 
-The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads are
-trained once after it (runs/bench/*, ~35 min on 2 CPU cores in all). Other targets (the Mamba2
+The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads and
+the Falcon drafter are trained once after it (runs/bench/*, ~45 min on 2 CPU cores in all). Other targets (the Mamba2
 and hybrid reference models) are measured with the drafters that need no target-specific
 training: prompt lookup and the draft LM as chains, Token Recycling and the draft LM as trees.
 The benchmark first measures how a T-token tree step costs against a 1-token step (the premise of
@@ -53,10 +53,12 @@ SPECS = [
     ("medusa", "medusa_small"),
     ("hydra", "chain4"),
     ("hydra", "medusa_small"),
+    ("falcon", "chain4"),
+    ("falcon", "medusa_small"),
 ]
 # `--tree auto` per drafter (zoo.decode.tree_search): the tree, chain or no speculation that the
 # calibration (cached in the target's run) says is fastest at this batch and temperature.
-AUTO = ["prompt_lookup", "recycling", "draft", "draft_tree", "medusa", "hydra"]
+AUTO = ["prompt_lookup", "recycling", "draft", "draft_tree", "medusa", "hydra", "falcon"]
 COST_SIZES = (1, 4, 8, 16, 32)
 
 

@@ -4,10 +4,12 @@
     python bench/speculative.py --quick    # batch 1 only, fewer tokens: a smoke run
     python bench/speculative.py --target configs/experiments/code_mamba.yaml   # or code_hybrid
 
-The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads and
-the Falcon drafter are trained once after it (runs/bench/*, ~45 min on 2 CPU cores in all). Other targets (the Mamba2
-and hybrid reference models) are measured with the drafters that need no target-specific
-training: prompt lookup and the draft LM as chains, Token Recycling and the draft LM as trees.
+The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads are
+trained once after it (runs/bench/*, ~35 min on 2 CPU cores in all), and the Falcon drafter (a
+decoder layer over 10 slots per position, glancing's extra pass: ~4x a Hydra step, ~20 min more).
+Other targets (the Mamba2 and hybrid reference models) are measured with the drafters that need
+no target-specific training: prompt lookup and the draft LM as chains, Token Recycling and the
+draft LM as trees.
 The benchmark first measures how a T-token tree step costs against a 1-token step (the premise of
 speculative decoding: a step bound by moving weights verifies T tokens for little more than the
 price of one), as the engine runs it (extend, verify, commit in one jitted loop). "auto" rows

@@ -8,8 +8,8 @@ spec and loads what it needs (a draft model's or draft heads' checkpoint).
     draft_tree      preset or chainN (medusa_small)  a draft LM run
     draft_dynamic   dDkKwWbB (d4k4w4b16)         a draft LM run: EAGLE-2 tree, depth D, top-K
                                                  children, W expanded per depth, B nodes kept
-    medusa, hydra   preset or chainN (medusa_small)  a draft-heads run on this target
-    falcon          preset or chainN (chain4)    a Falcon drafter run on this target
+    medusa, hydra,  preset or chainN (medusa_small)  a draft-heads run on this target
+    falcon
 
 Presets are `zoo.decode.trees.PRESETS` (chain4, medusa_small, medusa_63). Every drafter but
 draft_dynamic also takes `auto` (`choose_tree`): the tree, chain or no speculation that
@@ -34,7 +34,8 @@ DRAFT_EXPERIMENT = CONFIGS / "code_draft.yaml"
 
 DEFAULT_TREES = {"prompt_lookup": "chain6", "recycling": "medusa_small", "draft": "chain4",
                  "draft_tree": "medusa_small", "draft_dynamic": "d4k4w4b16",
-                 "medusa": "medusa_small", "hydra": "medusa_small", "falcon": "chain4"}
+                 "medusa": "medusa_small", "hydra": "medusa_small",
+                 "falcon": "medusa_small"}
 DRAFTERS = sorted(DEFAULT_TREES)
 MODEL_DRAFTERS = ("draft", "draft_tree", "draft_dynamic")  # need a draft LM run
 HEAD_DRAFTERS = ("medusa", "hydra", "falcon")  # need a draft-heads run

@@ -133,15 +133,21 @@ def test_glancing_shows_a_missed_token_to_the_next_query_of_its_block_and_drops_
             return 30.0 * jax.nn.one_hot(jnp.where(wrong, (labels + 1) % vocab, labels), vocab)
 
     hidden = jnp.zeros((2, t_len, 4))
-    losses, mask = glancing_losses(Heads(), None, None, hidden, greedy, jax.random.key(2), 1.0)
-    assert seen[0] is None  # the first pass drafts without glancing
-    _, _, inside = head_losses(Heads(), None, None, hidden, greedy)
+
+    @jax.jit
+    def run(rng):
+        _, mask = glancing_losses(Heads(), None, None, hidden, greedy, rng, 1.0)
+        assert seen[0] is None  # the first pass drafts without glancing
+        _, _, inside = head_losses(Heads(), None, None, hidden, greedy)
+        return mask, seen[1], inside
+
+    mask, glanced, inside = map(np.asarray, run(jax.random.key(2)))
     has_next = np.array([True, False, True, False, False])
-    shown = np.asarray(wrong & inside) & has_next
-    assert shown.any() and (np.asarray(wrong & inside) & ~has_next).any()
-    np.testing.assert_array_equal(seen[1][..., 1:], shown[..., :-1])
-    assert not np.asarray(seen[1][..., 0]).any()
-    np.testing.assert_array_equal(mask, np.asarray(inside) & ~shown)
+    shown = np.asarray(wrong) & inside & has_next
+    assert shown.any() and (np.asarray(wrong) & inside & ~has_next).any()
+    np.testing.assert_array_equal(glanced[..., 1:], shown[..., :-1])
+    assert not glanced[..., 0].any()
+    np.testing.assert_array_equal(mask, inside & ~shown)
 
 
 def test_falcon_drafter_trains_and_decodes_through_zoo_generate(tiny_experiment, target_run,

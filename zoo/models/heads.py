@@ -293,6 +293,9 @@ class DraftHeads:
         block's last context token.
         """
         variables = {"params": params}
+        if glanced is not None and self.kind != "falcon":
+            raise ValueError(f"glanced is for Falcon's training; {self.kind} heads read no "
+                             "query inputs")
         if self.kind == "medusa":
             return self.module.apply(variables, hidden, self._frozen(target_params))
         if tokens is None or tokens.shape[-1] != self.num_heads:

@@ -43,13 +43,20 @@ class DecodingModel(Protocol):
 
 
 def after_forward(pending: Pending, logits: jnp.ndarray) -> Pending:
-    """`pending` (unchanged unless the forward produced NaN, when it is zeroed), made to depend
-    on the forward's `logits`, so no commit of it can run before the whole forward has.
+    """`pending` made to depend on the forward's `logits` [B, T, V] row by row (unchanged, unless
+    a row's forward produced NaN: that row's pending is zeroed), so no commit of it can run
+    before the whole forward has.
 
     Why: a commit writes each layer's cache in place. Without this dependency XLA may schedule
     layer i's write before layer i's attention (or SSM step) has read that cache, and then keeps
     both by copying every layer's cache on every step (at batch 16 as costly as the attention).
-    `lax.optimization_barrier` does not order the two on XLA:CPU; a data dependency does.
+    `lax.optimization_barrier` does not order the two on XLA:CPU; a data dependency does. Per
+    row, so a batch-sharded step stays local to its shard.
     """
-    broken = jnp.isnan(logits.reshape(-1)[0])
-    return jax.tree.map(lambda x: jnp.where(broken, jnp.zeros_like(x), x), pending)
+    broken = jnp.isnan(logits[:, 0, 0])
+
+    def tie(x):
+        flag = broken.reshape(broken.shape + (1,) * (x.ndim - 1))
+        return jnp.where(flag, jnp.zeros_like(x), x)
+
+    return jax.tree.map(tie, pending)

@@ -42,13 +42,13 @@ def matvec_bandwidth(rows: int = 8192, cols: int = 8192, repeats: int = 5) -> fl
     return w.nbytes / seconds
 
 
-def step_costs(model, params, prompts, new_tokens, repeats) -> dict:
+def step_costs(model, params, prompts, new_tokens, max_len, repeats) -> dict:
     """Seconds of one 1-token extend after the prompt, of a cache-free forward of the same
     tokens, and the cache's bytes."""
     batch = len(prompts)
     tokens, lengths, _, max_len = prepare_request(
         prompts, vocab_size=model.vocab_size, pad_id=PAD_ID, max_new_tokens=new_tokens,
-        sampler=Sampler(), rng=None, max_len=None)
+        sampler=Sampler(), rng=None, max_len=max_len)
     _, _, cache = jax.jit(model.prefill, static_argnums=3)(params, tokens, lengths, max_len)
     step = jnp.zeros((batch, 1), jnp.int32)
     parents = jnp.full((batch, 1), -1, jnp.int32)
@@ -69,6 +69,9 @@ def main(argv=None):
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-len", type=int, default=512,
+                        help="KV-cache slots: 512 is what zoo-generate allocates for these "
+                             "configs (decode.max_len); 0 sizes the cache to the request")
     parser.add_argument("--name", default="ar_decode", help="results file name (bench/results)")
     args = parser.parse_args(argv)
 
@@ -85,11 +88,12 @@ def main(argv=None):
     for batch in args.batches:
         prompts = [prompt] * batch
         run = lambda: generate(model, params, prompts, max_new_tokens=args.new_tokens,  # noqa
-                               eos_id=-1, pad_id=PAD_ID)
+                               eos_id=-1, pad_id=PAD_ID, max_len=args.max_len or None)
         seconds = median_seconds(run, repeats=args.repeats)
         row = {"batch": batch, "seconds": seconds,
                "tokens_per_s": batch * args.new_tokens / seconds,
-               **step_costs(model, params, prompts, args.new_tokens, args.repeats)}
+               **step_costs(model, params, prompts, args.new_tokens, args.max_len or None,
+                           args.repeats)}
         row["floor_s"] = row["forward_s"] + row["cache_bytes"] / bandwidth
         results.append(row)
         print(row, flush=True)
@@ -97,7 +101,8 @@ def main(argv=None):
     roofline = bandwidth / weight_bytes
     base = results[0]["tokens_per_s"] if results[0]["batch"] == 1 else None
     payload = {"machine": machine(), "config": config_lib.to_dict(config),
-               "new_tokens": args.new_tokens, "prompt_len": len(prompt), "repeats": args.repeats,
+               "new_tokens": args.new_tokens, "max_len": args.max_len,
+               "prompt_len": len(prompt), "repeats": args.repeats,
                "weight_bytes": weight_bytes, "matvec_bandwidth_gb_s": bandwidth / 1e9,
                "roofline_tokens_per_s_batch1": roofline, "results": results,
                "peak_rss_mib": peak_rss_mib()}
@@ -113,7 +118,8 @@ def main(argv=None):
                             "cache-free forward (ms)", "cache (MB)", "extend / floor"], rows)
     table += (f"\n\nModel {config.name}: {weight_bytes / 1e6:.1f} MB of weights; matvec bandwidth "
               f"{bandwidth / 1e9:.1f} GB/s -> roofline {roofline:,.0f} tokens/s at batch 1. "
-              f"Prompts of {len(prompt)} tokens, {args.new_tokens} new tokens, greedy, median of "
+              f"Prompts of {len(prompt)} tokens, {args.new_tokens} new tokens, a "
+              f"{results[0]['max_len']}-slot cache, greedy, median of "
               f"{args.repeats} runs after a warm-up; floor = cache-free forward + cache bytes / "
               f"bandwidth. Peak RSS {payload['peak_rss_mib']:.0f} MiB.")
     print(table)

@@ -27,6 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)  # the first run trains the speculative benchmarks' models once (~100 min)
 	$(BIN)/python bench/ar_decode.py
+	$(BIN)/python bench/inference_overheads.py
+	$(BIN)/python bench/vs_transformers.py --ar-only
 	$(BIN)/python bench/speculative.py
 	$(BIN)/python bench/tree_attention.py
 	$(BIN)/python bench/ssm_tree_scan.py

@@ -69,21 +69,24 @@ def _dynamic(tree: str) -> dict:
     return dict(zip(("depth", "k", "width", "budget"), map(int, match.groups())))
 
 
-def _has_checkpoint(run_dir) -> bool:
+def _checkpoint_steps(run_dir) -> list[int]:
     ckpt = pathlib.Path(run_dir) / "checkpoints"
-    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() else []
 
 
 def ensure_trained(*experiments) -> None:
-    """Train (once, in order) the experiments (YAML paths) whose run has no checkpoint yet; a run
-    stopped midway is resumed."""
+    """Train (once, in order) the experiments (YAML paths) whose run has not reached its
+    `train.steps`: from scratch without a checkpoint, resumed from a run stopped midway (a
+    benchmark must never measure a half-trained model it believes finished)."""
     from zoo.train.loop import train
 
     for path in experiments:
         config = config_lib.load(path)
-        if not _has_checkpoint(config.train.run_dir):
-            print(f"training {config.name} once into {config.train.run_dir} ...", flush=True)
-            train(config, resume=pathlib.Path(config.train.run_dir, "checkpoints").is_dir())
+        steps = _checkpoint_steps(config.train.run_dir)
+        if not steps or steps[-1] < config.train.steps:
+            what = f"resuming from step {steps[-1]}" if steps else "once"
+            print(f"training {config.name} {what} into {config.train.run_dir} ...", flush=True)
+            train(config, resume=bool(steps))
 
 
 def _draft_model(run, target_config):

@@ -271,3 +271,28 @@ def test_zoo_generate_tree_auto_follows_the_calibration(target_run, capsys, name
     assert "calibrating" not in out and "tree auto: " in out and says in out, out
     if says != "no speculation":
         assert "outputs identical" in out, out
+
+
+def test_ensure_trained_resumes_a_run_stopped_midway(tmp_path, monkeypatch):
+    """A benchmark's model whose run stopped before train.steps is resumed, not used half
+    trained; a finished one is left alone; a missing one trains from scratch."""
+    import zoo.train.loop
+    from launch.drafter_factory import ensure_trained
+
+    calls = []
+    monkeypatch.setattr(zoo.train.loop, "train",
+                        lambda config, resume: calls.append((config.name, resume)))
+    paths = {}
+    for name, done in (("fresh", None), ("midway", 200), ("finished", 400)):
+        run = tmp_path / name
+        if done is not None:
+            (run / "checkpoints" / str(done)).mkdir(parents=True)
+        paths[name] = tmp_path / "experiments" / f"{name}.yaml"
+        paths[name].parent.mkdir(exist_ok=True)
+        paths[name].write_text(f"name: {name}\nmodel: tiny\ntrain:\n  steps: 400\n"
+                               f"  run_dir: {run}\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.yaml").write_text(
+        (REPO / "configs" / "models" / "tiny.yaml").read_text())
+    ensure_trained(*paths.values())
+    assert calls == [("fresh", False), ("midway", True)]

@@ -32,14 +32,18 @@ def tpu_kernel_traffic(lengths, t, s, itemsize=2, block_kv=tpu.DEFAULT_BLOCK_KV)
     """(kernel bytes, ideal bytes) of HBM traffic of one pallas_tpu call, from its block schedule.
 
     The cache index map clamps to a row's last needed block, so a row of length n fetches
-    max(ceil(n / block), 1) blocks of K and of V per KV head and the pipeline skips the rest.
+    max(ceil(n / block), 1) blocks of K and of V per KV head and the pipeline skips the rest. The
+    small per-step part: the stacked query rows (G * T padded to 8), the new keys and values (T
+    padded to 8), parents, and float32 partials (numerator, max, denominator) per split.
     """
     block_kv = min(block_kv, -(-s // 128) * 128)
-    t_pad = -(-t // 8) * 8
-    g = H // KV
-    per_step = len(lengths) * KV * itemsize * D * (2 * g * t_pad + 2 * t_pad) + len(lengths) * t_pad * 4
+    n_rows, t_keys = tpu.tile_rows(H // KV, t)
+    splits = tpu.default_num_splits(len(lengths), KV, s)
+    b = len(lengths)
+    per_step = (b * KV * D * itemsize * (n_rows + 2 * t_keys) + b * t_keys * 4
+                + b * KV * splits * n_rows * (D + 2) * 4)
     cache = sum(2 * KV * max(-(-n // block_kv), 1) * block_kv * D * itemsize for n in lengths)
-    ideal_per_step = len(lengths) * itemsize * D * (2 * H * t + 2 * KV * t) + len(lengths) * t * 4
+    ideal_per_step = b * itemsize * D * (2 * H * t + 2 * KV * t) + b * t * 4
     ideal_cache = sum(2 * KV * n * D * itemsize for n in lengths)
     return per_step + cache, ideal_per_step + ideal_cache
 

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from zoo import config as config_lib
@@ -96,3 +99,17 @@ def test_save_load_round_trip(tmp_path):
     cfg = config_lib.load(REPO / "configs/experiments/code_small.yaml", ["model.n_layers=7"])
     config_lib.save(cfg, tmp_path / "c.yaml")
     assert config_lib.load(tmp_path / "c.yaml") == cfg
+
+
+def test_config_loads_and_rejects_without_importing_jax():
+    """Config errors come before heavy imports: zoo.config imports neither jax nor Pallas."""
+    code = ("import sys\nfrom zoo import config\n"
+            "config.load('configs/experiments/tiny.yaml')\n"
+            "try:\n    config.load('configs/experiments/tiny.yaml', ['train.steps=0'])\n"
+            "except config.ConfigError as e:\n    print('rejected:', e)\n"
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rejected: " in done.stdout and "train.steps" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kernels.backends import BACKENDS as KERNEL_BACKENDS
+from kernels.names import BACKENDS as KERNEL_BACKENDS
 
 DTYPES = ("float32", "bfloat16")
 

@@ -43,7 +43,7 @@ from zoo.decode.diffusion import DiffusionSampler  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.models import build_model  # noqa: E402
 from zoo.quality import generative_perplexity, unigram_entropy  # noqa: E402
-from zoo.train.loop import load_run  # noqa: E402
+from zoo.runs import load_run  # noqa: E402
 
 JUDGE = "configs/experiments/code_judge.yaml"
 MODELS = {"mdlm": "configs/experiments/code_diffusion.yaml",

@@ -31,7 +31,7 @@ from zoo.decode import ar, next_block  # noqa: E402
 from zoo.decode.clips import continue_clips  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.models import build_model  # noqa: E402
-from zoo.train.loop import load_run  # noqa: E402
+from zoo.runs import load_run  # noqa: E402
 
 VIDEO = {"next-token": "configs/experiments/sprites_ar.yaml",
          "next-block": "configs/experiments/sprites_nbp.yaml",

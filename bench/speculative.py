@@ -39,7 +39,7 @@ from zoo.decode import ar, speculative  # noqa: E402
 from zoo.decode.calibration import extend_costs  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.models import build_model  # noqa: E402
-from zoo.train.loop import load_run  # noqa: E402
+from zoo.runs import load_run  # noqa: E402
 
 CODE_REF = "configs/experiments/code_ref.yaml"
 DRAFT = "configs/experiments/code_draft.yaml"

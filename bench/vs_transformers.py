@@ -37,7 +37,7 @@ from zoo.decode import ar, speculative  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.export.convert import export_run  # noqa: E402
 from zoo.models import build_model  # noqa: E402
-from zoo.train.loop import load_run  # noqa: E402
+from zoo.runs import load_run  # noqa: E402
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from zoo.train.steps import init_state, make_train_step  # noqa: E402
 

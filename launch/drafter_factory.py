@@ -27,7 +27,7 @@ from zoo.decode.drafters import (DraftModelChain, DraftModelStaticTree, DraftMod
 from zoo.decode.head_drafters import FalconDrafter, HydraDrafter, MedusaDrafter
 from zoo.decode.trees import PRESETS, StaticTree, chain_tree
 from zoo.models import build_model
-from zoo.train.loop import load_run
+from zoo.runs import load_run
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "experiments"
 DRAFT_EXPERIMENT = CONFIGS / "code_draft.yaml"

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from zoo.decode import ar, next_block, speculative
     from zoo.decode.sampling import Sampler
     from zoo.models import build_model
-    from zoo.train.loop import load_run
+    from zoo.runs import load_run
 
     try:
         config, params = load_run(args.checkpoint, args.step)

@@ -113,3 +113,13 @@ def test_config_loads_and_rejects_without_importing_jax():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rejected: " in done.stdout and "train.steps" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_readers_do_not_import_the_training_loop():
+    """Inference, export and the drafter factory read runs through zoo.runs, not the loop."""
+    code = ("import sys\nimport zoo.runs, zoo.export.convert, zoo.train.heads, "
+            "launch.drafter_factory\nprint('zoo.train.loop' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

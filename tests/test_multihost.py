@@ -12,7 +12,8 @@ import sys
 import jax
 import numpy as np
 
-from zoo.train.loop import load_run, train
+from zoo.runs import load_run
+from zoo.train.loop import train
 
 from conftest import REPO
 

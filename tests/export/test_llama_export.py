@@ -78,7 +78,7 @@ def test_a_transformers_model_imports_with_equal_logits(tmp_path):
     config = import_hf(tmp_path / "hf", tmp_path / "run")
     assert (config.model.n_heads, config.model.n_kv_heads, config.model.head_dim,
             config.model.rope_theta, config.model.norm_eps) == (6, 2, 8, 2000.0, 1e-6)
-    from zoo.train.loop import load_run
+    from zoo.runs import load_run
     _, params = load_run(tmp_path / "run")
     ours = np.asarray(build_model(config.model).forward(params, TOKENS)[0])
     np.testing.assert_allclose(ours, torch_logits(theirs, TOKENS), atol=1e-4, rtol=0)
@@ -87,7 +87,8 @@ def test_a_transformers_model_imports_with_equal_logits(tmp_path):
 def test_sharded_export_round_trips_through_the_run_directory(tmp_path, tiny_experiment):
     """zoo-export: a zoo run -> a sharded HF folder (index + several files) -> transformers;
     zoo-import: back to a zoo run with identical params (and it will not overwrite one)."""
-    from zoo.train.loop import load_run, train
+    from zoo.runs import load_run
+    from zoo.train.loop import train
     config = tiny_experiment("train.steps=2", "train.warmup_steps=1", "train.eval_every=2",
                              "train.checkpoint_every=2",
                              f"train.run_dir={tmp_path / 'run'}")

@@ -11,7 +11,8 @@ from launch.train import main as train_cli
 from zoo.checkpoint import Checkpointer
 from zoo.config import ConfigError
 from zoo.train.heads import glance, glancing_losses, head_losses, load_heads_run
-from zoo.train.loop import load_run, train
+from zoo.runs import load_run
+from zoo.train.loop import train
 
 from conftest import REPO
 

@@ -10,7 +10,8 @@ from PIL import Image
 from zoo import config as config_lib
 from zoo.data.packing import PackedDataset
 from zoo.export.convert import export_run
-from zoo.train.loop import load_run, train
+from zoo.runs import load_run
+from zoo.train.loop import train
 from zoo.train.steps import token_losses
 
 from conftest import REPO, assert_loss_falls

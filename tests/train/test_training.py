@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from zoo.checkpoint import Checkpointer
-from zoo.train.loop import NonFiniteLossError, ResumeError, load_run, train
+from zoo.runs import load_run
+from zoo.train.loop import NonFiniteLossError, ResumeError, train
 
 from conftest import REPO, assert_loss_falls
 

@@ -70,7 +70,7 @@ def _placed_state(config: config_lib.ExperimentConfig, params, tx) -> TrainState
 def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None,
                max_shard_bytes: int = 2 * 2**30) -> list[str]:
     """Write the run's latest (or `step`) params as a Hugging Face folder; the file names."""
-    from zoo.train.loop import load_run  # noqa: PLC0415
+    from zoo.runs import load_run  # noqa: PLC0415
 
     config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
     if config.heads.kind != "none":

@@ -34,6 +34,7 @@ import optax
 from zoo.config import ConfigError, ExperimentConfig, first_difference
 from zoo.models import build_model
 from zoo.models.heads import DraftHeads, build_heads
+from zoo.runs import load_run
 from zoo.train.steps import TrainState, apply_gradients, jit_eval_step, jit_train_step
 
 
@@ -114,8 +115,6 @@ class HeadsObjective:
     def from_config(cls, config: ExperimentConfig) -> "HeadsObjective":
         """Load the target run named by `heads.target_run`; it must exist, hold a checkpoint, and
         have the model config the experiment names (the heads are built for its shapes)."""
-        from zoo.train.loop import load_run  # loop imports this module lazily; no cycle
-
         run = pathlib.Path(config.heads.target_run)
         try:
             target_config, target_params = load_run(run)
@@ -195,8 +194,6 @@ class HeadsObjective:
 def load_heads_run(run_dir, step: int | None = None):
     """(config, heads, head params, target model, target params) of a draft-heads run: what a
     `MedusaDrafter` / `HydraDrafter` / `FalconDrafter` and the engine need."""
-    from zoo.train.loop import load_run
-
     config, params = load_run(run_dir, step)
     if config.heads.kind == "none":
         raise ValueError(f"{run_dir} is not a draft-heads run (heads.kind is 'none')")

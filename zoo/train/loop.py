@@ -13,21 +13,18 @@ part in checkpoint saves, which go wherever `train.run_dir` points (a shared dis
 import dataclasses
 import json
 import math
-import pathlib
 import signal
 import time
 
 import jax
 import numpy as np
 from etils import epath
-from jax.sharding import SingleDeviceSharding
 from tqdm.auto import tqdm
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
 from zoo.data.packing import BatchIterator, eval_batches, load_dataset
 from zoo.models import build_model
-from zoo.models.heads import build_heads
 from zoo.parallel import Layout, ShardingError
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer
 from zoo.train.steps import LMObjective, StepShardings, init_state, summarize_eval
@@ -88,7 +85,7 @@ def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None =
                                   obj.t_min, config.train.seed)
     if config.heads.kind == "none":  # next token, or next block
         return LMObjective(build_model(config.model, layout=layout), obj.shift)
-    from zoo.train.heads import HeadsObjective  # it loads runs with load_run below
+    from zoo.train.heads import HeadsObjective  # the heads import jax-heavy target code
     return HeadsObjective.from_config(config)
 
 
@@ -234,29 +231,3 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
 
 def format_metrics(record: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
-
-
-def load_run(run_dir: str | pathlib.Path, step: int | None = None,
-             layout: Layout | None = None):
-    """(config, params) of a training run directory, from its latest (or given) checkpoint,
-    on one device or sharded over `layout`'s mesh, whatever mesh the run was trained on. For a
-    draft-heads run the params are the heads' (its target is `config.heads.target_run`)."""
-    run_dir = pathlib.Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a zoo run directory (no config.yaml)")
-    config = config_lib.load(run_dir / "config.yaml")
-    trained = (build_model(config.model) if config.heads.kind == "none"
-               else build_heads(config.heads, config.model))
-    abstract = jax.eval_shape(trained.init, jax.random.key(0))
-    if layout is None:
-        shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), abstract)
-    else:
-        shardings = layout.shardings(abstract, trained.logical_axes())
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
-    checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
-    try:  # the parameters only: the optimizer's moments stay on disk
-        params = checkpointer.restore_params(abstract, step)
-    finally:
-        checkpointer.close()
-    return config, params

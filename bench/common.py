@@ -8,6 +8,8 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -47,3 +49,18 @@ def write_result(name: str, payload: dict, table: str) -> pathlib.Path:
     path.write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(table + "\n")
     return path
+
+
+def tree_attention_inputs(b, t, s, lengths, h, kv, d, dtype):
+    """Random tree-attention arguments (q, caches, lengths, new K/V, random parents) in the
+    kernels' contract: b rows, t tree nodes, s cache slots, h query and kv KV heads of dim d."""
+    keys = jax.random.split(jax.random.key(0), 5)
+    rng = np.random.default_rng(0)
+    parents = np.stack([[-1] + [int(rng.integers(0, i)) for i in range(1, t)] for _ in range(b)])
+    return (jax.random.normal(keys[0], (b, t, h, d), dtype),
+            jax.random.normal(keys[1], (b, kv, s, d), dtype),
+            jax.random.normal(keys[2], (b, kv, s, d), dtype),
+            jnp.asarray(lengths, jnp.int32),
+            jax.random.normal(keys[3], (b, t, kv, d), dtype),
+            jax.random.normal(keys[4], (b, t, kv, d), dtype),
+            jnp.asarray(parents, jnp.int32))

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
+from common import (machine, markdown_table, median_seconds,  # noqa: E402
+                    tree_attention_inputs, write_result)
 
 from kernels import backends  # noqa: E402
 from kernels.tree_attention import gpu, tpu, tree_attention  # noqa: E402
@@ -41,19 +42,6 @@ def cases(quick: bool):
     s = ss[-1]
     out.append((16, 1, s, [int(x) for x in np.linspace(s // 16, s, 16)]))
     return out
-
-
-def _inputs(b, t, s, lengths, h, kv, d=D, dtype=jnp.bfloat16):
-    keys = jax.random.split(jax.random.key(0), 5)
-    rng = np.random.default_rng(0)
-    parents = np.stack([[-1] + [int(rng.integers(0, i)) for i in range(1, t)] for _ in range(b)])
-    return (jax.random.normal(keys[0], (b, t, h, d), dtype),
-            jax.random.normal(keys[1], (b, kv, s, d), dtype),
-            jax.random.normal(keys[2], (b, kv, s, d), dtype),
-            jnp.asarray(lengths, jnp.int32),
-            jax.random.normal(keys[3], (b, t, kv, d), dtype),
-            jax.random.normal(keys[4], (b, t, kv, d), dtype),
-            jnp.asarray(parents, jnp.int32))
 
 
 def _kernel_fn(kernel: str, num_splits):
@@ -100,7 +88,7 @@ def main(argv=None):
 
     rows, results = [], []
     for b, t, s, lengths in todo:
-        inputs = _inputs(b, t, s, lengths, args.heads, args.kv_heads)
+        inputs = tree_attention_inputs(b, t, s, lengths, args.heads, args.kv_heads, D, jnp.bfloat16)
         want = tree_attention(*inputs, backend="xla").astype(jnp.float32)
         xla_ms = _ms(lambda *a: tree_attention(*a, backend="xla"), inputs, repeats)
         kernel_ms = {}

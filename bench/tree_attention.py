@@ -18,10 +18,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
+from common import (machine, markdown_table, median_seconds,  # noqa: E402
+                    tree_attention_inputs, write_result)
 
 from kernels.tree_attention import tpu, tree_attention  # noqa: E402
 
@@ -46,19 +46,6 @@ def tpu_kernel_traffic(lengths, t, s, itemsize=2, block_kv=tpu.DEFAULT_BLOCK_KV)
     ideal_per_step = b * itemsize * D * (2 * H * t + 2 * KV * t) + b * t * 4
     ideal_cache = sum(2 * KV * n * D * itemsize for n in lengths)
     return per_step + cache, ideal_per_step + ideal_cache
-
-
-def _inputs(b, t, s, lengths, dtype=jnp.float32):
-    keys = jax.random.split(jax.random.key(0), 5)
-    rng = np.random.default_rng(0)
-    parents = np.stack([[-1] + [int(rng.integers(0, i)) for i in range(1, t)] for _ in range(b)])
-    return (jax.random.normal(keys[0], (b, t, H, D), dtype),
-            jax.random.normal(keys[1], (b, KV, s, D), dtype),
-            jax.random.normal(keys[2], (b, KV, s, D), dtype),
-            jnp.asarray(lengths, jnp.int32),
-            jax.random.normal(keys[3], (b, t, KV, D), dtype),
-            jax.random.normal(keys[4], (b, t, KV, D), dtype),
-            jnp.asarray(parents, jnp.int32))
 
 
 def _measure(backend, args, repeats):
@@ -97,7 +84,7 @@ def main(argv=None):
 
     rows, results = [], []
     for b, t, s, lengths in cases(args.quick):
-        inputs = _inputs(b, t, s, lengths)
+        inputs = tree_attention_inputs(b, t, s, lengths, H, KV, D, jnp.float32)
         measured = {name: _measure(name, inputs, args.repeats) for name in backends}
         kernel_bytes, ideal_bytes = tpu_kernel_traffic(lengths, t, s)
         ref, fast = measured["reference"], measured["xla"]

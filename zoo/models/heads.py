@@ -63,6 +63,18 @@ def _zeros(axes):
     return nn.with_logical_partitioning(nn.initializers.zeros, axes)
 
 
+def _lm_head(heads: HeadsConfig, model: ModelConfig, x, unembedding):
+    """x [..., E] -> logits float32 [..., V] through the target's frozen LM head, or (with
+    `shared_lm_head: false`) the calling head's own `lm_head`, created in its scope."""
+    kw = _dtypes(model)
+    if heads.shared_lm_head:
+        logits = x @ unembedding.astype(kw["dtype"])
+    else:
+        logits = dense(model.vocab_size, ("embed", "vocab"), init_std=model.init_std,
+                       name="lm_head", **kw)(x)
+    return logits.astype(jnp.float32)
+
+
 class _Residual(nn.Module):
     """`num_layers` blocks x + SiLU(W x), W zero-initialised (the block starts as the identity)."""
 
@@ -122,12 +134,7 @@ class HydraHead(nn.Module):
                     name="inputs", **kw)
         x = _Residual(c, self.heads.num_layers, name="residual")(
             hidden.astype(kw["dtype"]) + mix(token_embeds.astype(kw["dtype"])))
-        if self.heads.shared_lm_head:
-            logits = x @ unembedding.astype(kw["dtype"])
-        else:
-            logits = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
-                           name="lm_head", **kw)(x)
-        return logits.astype(jnp.float32)
+        return _lm_head(self.heads, c, x, unembedding)
 
 
 class HydraModule(nn.Module):
@@ -197,12 +204,7 @@ class FalconModule(nn.Module):
         for i in range(self.heads.num_layers):
             x, _ = Block(c, "auto", name=f"layer_{i}")(x, positions, jnp.asarray(mask)[None, None])
         x = x[:, n_ctx:].reshape(*lead, n_q, c.d_model)
-        if self.heads.shared_lm_head:
-            logits = x @ unembedding.astype(kw["dtype"])
-        else:
-            logits = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
-                           name="lm_head", **kw)(x)
-        return logits.astype(jnp.float32)
+        return _lm_head(self.heads, c, x, unembedding)
 
 
 _MODULES = {"medusa": MedusaModule, "hydra": HydraModule, "falcon": FalconModule}

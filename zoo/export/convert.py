@@ -54,17 +54,16 @@ def _placed_state(config: config_lib.ExperimentConfig, params, tx) -> TrainState
     from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
     from zoo.train.steps import StepShardings  # noqa: PLC0415
 
+    def fresh(p):
+        return TrainState(jax.numpy.zeros((), jax.numpy.int32), p, tx.init(p))
+
     layout = _spread_layout(config)
     if layout is None:
-        params = jax.tree.map(jax.numpy.asarray, params)
-        return TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
-    abstract = jax.eval_shape(lambda p: TrainState(jax.numpy.zeros((), jax.numpy.int32), p,
-                                                   tx.init(p)), params)
-    shardings = StepShardings.for_state(abstract, build_model(config.model).logical_axes(), tx,
-                                        layout).state
+        return fresh(jax.tree.map(jax.numpy.asarray, params))
+    shardings = StepShardings.for_state(jax.eval_shape(fresh, params),
+                                        build_model(config.model).logical_axes(), tx, layout).state
     params = jax.tree.map(jax.device_put, params, shardings.params)
-    return jax.jit(lambda p: TrainState(jax.numpy.zeros((), jax.numpy.int32), p, tx.init(p)),
-                   out_shardings=shardings)(params)
+    return jax.jit(fresh, out_shardings=shardings)(params)
 
 
 def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None,

@@ -38,8 +38,8 @@ DEFAULT_TREES = {"prompt_lookup": "chain6", "recycling": "medusa_small", "draft"
                  "falcon": "medusa_small"}
 DRAFTERS = sorted(DEFAULT_TREES)
 MODEL_DRAFTERS = ("draft", "draft_tree", "draft_dynamic")  # need a draft LM run
-HEAD_DRAFTERS = ("medusa", "hydra", "falcon")  # need a draft-heads run
 HEAD_DRAFTER_CLASSES = {"medusa": MedusaDrafter, "hydra": HydraDrafter, "falcon": FalconDrafter}
+HEAD_DRAFTERS = tuple(HEAD_DRAFTER_CLASSES)  # need a draft-heads run
 CHAIN_DRAFTERS = ("prompt_lookup", "draft")  # draft chains only
 # --tree auto: deepest tree (head drafters: their number of heads), candidates per node,
 # calibration prompts (at least this many for acceptance) and their length.

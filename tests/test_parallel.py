@@ -3,11 +3,13 @@ device count is fixed when jax starts), for every model family: training steps w
 and batch sharded over data / fsdp / tensor meshes give the single-device losses and params, and
 sharded AR and speculative decoding give the unsharded tokens."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from zoo.config import ConfigError, MeshConfig
@@ -197,3 +199,28 @@ def test_mesh_sizes_resolve_and_are_checked():
         MeshConfig(data=-1, fsdp=-1)
     with pytest.raises(ConfigError, match="mesh.rules"):
         MeshConfig(rules="embed=model")
+
+
+def test_mesh_follows_the_tpu_topology():
+    """A TPU v4 slice of 2x2x2 chips listed in an order that is not the torus order: the mesh
+    puts the tensor axis on neighbouring chips (one link apart), which a reshape of the device
+    list does not."""
+
+    @dataclasses.dataclass(frozen=True)
+    class FakeTpu:
+        id: int
+        coords: tuple
+        platform: str = "tpu"
+        device_kind: str = "TPU v4"
+        core_on_chip: int = 0
+        process_index: int = 0
+        slice_index: int = 0
+
+    order = [(0, 0, 0), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 0, 0), (0, 1, 0), (1, 1, 1), (0, 0, 1)]
+    devices = [FakeTpu(i, c) for i, c in enumerate(order)]
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2), devices)
+    grid = mesh.devices
+    assert sorted(d.id for d in grid.flat) == list(range(8))
+    for index in np.ndindex(grid.shape[:-1]):
+        a, b = grid[index]  # the two devices of one tensor group
+        assert sum(abs(x - y) for x, y in zip(a.coords, b.coords)) == 1, (a, b)

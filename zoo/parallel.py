@@ -14,7 +14,6 @@ import os
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -46,11 +45,14 @@ def dcn_shape(config: MeshConfig) -> tuple[int, ...]:
 
 
 def make_mesh(config: MeshConfig, devices=None) -> Mesh:
-    """One slice: devices in `jax.devices()` order (process by process), so each process's
-    devices hold a contiguous block of the batch. Several slices (dcn sizes > 1): each axis is
-    the within-slice size times the across-slice size, laid out by `create_hybrid_device_mesh`
-    so that only the dcn part of an axis crosses slices (when all devices report one slice, as
-    CPUs do, each process counts as a slice)."""
+    """Devices laid out by the physical topology, as MaxText does: within a slice
+    `create_device_mesh` maps the mesh axes onto the TPU torus (the last axis, tensor, on the
+    fastest links; on CPUs it keeps `jax.devices()` order). Several slices (dcn sizes > 1): each
+    axis is the within-slice size times the across-slice size, laid out by
+    `create_hybrid_device_mesh` so that only the dcn part of an axis crosses slices (when all
+    devices report one slice, as CPUs do, each process counts as a slice). Which batch rows a
+    process holds follows from the mesh: `jax.make_array_from_process_local_data` places each
+    process's rows on its own devices."""
     devices = jax.devices() if devices is None else devices
     slices = math.prod(dcn_shape(config))
     if len(devices) % slices:
@@ -58,7 +60,8 @@ def make_mesh(config: MeshConfig, devices=None) -> Mesh:
                             f"(mesh.dcn_* sizes {dcn_shape(config)})")
     shape = mesh_shape(config, len(devices) // slices)
     if slices == 1:
-        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True),
+                    MESH_AXES)
     grid = mesh_utils.create_hybrid_device_mesh(
         shape, dcn_shape(config), devices,
         process_is_granule=len({getattr(d, "slice_index", 0) for d in devices}) == 1)

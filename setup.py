@@ -6,7 +6,12 @@ setup(
     description="A JAX-native model zoo for fast generation: AR, SSM/hybrid, next-block and "
                 "masked-diffusion generators sharing one decoding core and one Pallas kernel package.",
     python_requires=">=3.10",
-    packages=find_packages(include=["zoo", "zoo.*", "kernels", "kernels.*", "launch", "launch.*"]),
+    packages=find_packages(include=["zoo", "zoo.*", "kernels", "kernels.*", "launch", "launch.*"])
+    + ["zoo.configs"],
+    # configs/ ships inside the package as zoo/configs, so an installed zoo finds its experiments
+    # and model catalog (zoo.config.configs_dir) outside a checkout.
+    package_dir={"zoo.configs": "configs"},
+    package_data={"zoo.configs": ["experiments/*.yaml", "models/*.yaml"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

@@ -29,8 +29,7 @@ from zoo.decode.trees import PRESETS, StaticTree, chain_tree
 from zoo.models import build_model
 from zoo.runs import load_run
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "experiments"
-DRAFT_EXPERIMENT = CONFIGS / "code_draft.yaml"
+DRAFT_EXPERIMENT = "code_draft"  # in configs/experiments/
 
 DEFAULT_TREES = {"prompt_lookup": "chain6", "recycling": "medusa_small", "draft": "chain4",
                  "draft_tree": "medusa_small", "draft_dynamic": "d4k4w4b16",

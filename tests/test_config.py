@@ -123,3 +123,30 @@ def test_run_readers_do_not_import_the_training_loop():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_configs_found_when_installed_outside_the_checkout(tmp_path):
+    """The wheel carries configs/ as zoo/configs: unpacked away from the checkout (and run from
+    another folder), an experiment loads by name, and a user's experiment names a shipped model."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "wheel"), str(REPO)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "zipfile", "-e", *map(str, (tmp_path / "wheel").glob(
+        "*.whl")), str(tmp_path / "site")], check=True)
+    (tmp_path / "mine.yaml").write_text("name: mine\nmodel: code_small\n")
+    script = ("from zoo import config\n"
+              "assert config.__file__.startswith(%r), config.__file__\n"
+              "print(config.load('code_small').model.d_model, config.load('mine.yaml').model.d_model)"
+              % str(tmp_path / "site"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    d_model = config_lib.load(REPO / "configs/experiments/code_small.yaml").model.d_model
+    assert done.stdout.split() == [str(d_model)] * 2
+
+
+def test_unknown_experiment_and_model_names_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*no_such_run.yaml"):
+        config_lib.load("no_such_run")
+    (tmp_path / "mine.yaml").write_text("name: mine\nmodel: no_such_model\n")
+    with pytest.raises(ConfigError, match="model 'no_such_model' is neither"):
+        config_lib.load(tmp_path / "mine.yaml")

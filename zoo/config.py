@@ -1,8 +1,8 @@
 """Configuration: frozen dataclasses, YAML files and `section.key=value` overrides.
 
 Every run is described by one `ExperimentConfig` (model, data, train, decode). It is loaded from
-`configs/experiments/<name>.yaml`, whose `model:` entry may name a file in `configs/models/`, then
-patched by command-line overrides such as `model.d_model=256`. Unknown keys, wrong types and
+`configs/experiments/<name>.yaml` (or a bare `<name>`), whose `model:` entry may name a file in
+`configs/models/`, then patched by command-line overrides such as `model.d_model=256`. Unknown keys, wrong types and
 values that break a rule raise `ConfigError` naming the key and the rule, before any work starts.
 """
 
@@ -463,13 +463,44 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+def configs_dir() -> pathlib.Path:
+    """The `configs/` folder: the checkout's, or the copy installed inside the package
+    (`zoo/configs`, see setup.py) when zoo is installed outside a checkout."""
+    package = pathlib.Path(__file__).resolve().parent
+    for candidate in (package.parent / "configs", package / "configs"):
+        if (candidate / "experiments").is_dir():
+            return candidate
+    raise ConfigError(f"no configs/ folder beside or inside the zoo package ({package}); "
+                      "reinstall zoo")
+
+
+def experiment_path(name: str | pathlib.Path) -> pathlib.Path:
+    """A YAML path as given, or a bare experiment name (`code_small`) from configs/experiments/."""
+    path = pathlib.Path(name)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        return path
+    return configs_dir() / "experiments" / f"{name}.yaml"
+
+
+def _model_file(experiment: pathlib.Path, name: str) -> pathlib.Path:
+    """`model: <name>`: configs/models/<name>.yaml beside the experiment's folder, else the
+    catalog shipped with zoo (so a user's experiment outside the checkout can name one)."""
+    beside = experiment.resolve().parent.parent / "models" / f"{name}.yaml"
+    if beside.is_file():
+        return beside
+    shipped = configs_dir() / "models" / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"{experiment}: model {name!r} is neither {beside} nor {shipped}")
+
+
 def load(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Load an experiment YAML (resolving `model: <name>` from configs/models/) and overrides."""
-    path = pathlib.Path(path)
+    """Load an experiment YAML (or a bare name from configs/experiments/; `model: <name>` from
+    configs/models/) and overrides."""
+    path = experiment_path(path)
     raw = _read_yaml(path)
     if isinstance(raw.get("model"), str):
-        model_file = path.resolve().parent.parent / "models" / f"{raw['model']}.yaml"
-        raw["model"] = _read_yaml(model_file)
+        raw["model"] = _read_yaml(_model_file(path, raw["model"]))
     return from_dict(apply_overrides(raw, overrides))
 
 

@@ -2,8 +2,9 @@
 
 Every run is described by one `ExperimentConfig` (model, data, train, decode). It is loaded from
 `configs/experiments/<name>.yaml` (or a bare `<name>`), whose `model:` entry may name a file in
-`configs/models/`, then patched by command-line overrides such as `model.d_model=256`. Unknown keys, wrong types and
-values that break a rule raise `ConfigError` naming the key and the rule, before any work starts.
+`configs/models/`, then patched by command-line overrides such as `model.d_model=256`. Unknown
+keys, wrong types and values that break a rule raise `ConfigError` naming the key and the rule,
+before any work starts.
 """
 
 from __future__ import annotations

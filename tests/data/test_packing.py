@@ -131,10 +131,12 @@ def test_too_large_batch_is_rejected():
         BatchIterator(_dataset(6), batch_size=1, seed=0, process_index=2, process_count=2)
 
 
-def test_eval_batches():
+def test_eval_batches_spread_over_the_split():
     ds = _dataset(7)
     assert [_ids(b) for b in eval_batches(ds, 3, max_batches=10)] == [[0, 1, 2], [3, 4, 5]]
-    assert [_ids(b) for b in eval_batches(ds, 3, max_batches=1)] == [[0, 1, 2]]
+    assert [_ids(b) for b in eval_batches(ds, 3, max_batches=1)] == [[0, 2, 4]]
+    assert [_ids(b) for b in eval_batches(_dataset(100), 4, max_batches=2)] == [
+        [0, 12, 25, 37], [50, 62, 75, 87]]
     with pytest.raises(ValueError, match="batch_size 8 .* 7 windows"):
         eval_batches(ds, 8, max_batches=1)
 

@@ -175,14 +175,18 @@ class BatchIterator:
 def eval_batches(
     dataset: PackedDataset, batch_size: int, max_batches: int | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """The first `max_batches` full batches in window order (all when None), for validation."""
+    """`max_batches` full batches (all when None) of windows spread evenly over the whole split,
+    in window order, for validation: the first windows alone would be the first few files of the
+    split (in path order), standing in for all of it."""
     available = len(dataset) // batch_size if batch_size > 0 else 0
     if available == 0:
         raise ValueError(f"batch_size {batch_size} leaves no full batch in {len(dataset)} windows")
     count = available if max_batches is None else min(available, max_batches)
     if count < 1:
         raise ValueError(f"max_batches must be at least 1, got {max_batches}")
-    return [dataset.windows(np.arange(i * batch_size, (i + 1) * batch_size)) for i in range(count)]
+    total = count * batch_size
+    indices = np.arange(total) * len(dataset) // total  # strictly increasing: total <= len
+    return [dataset.windows(indices[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
 
 
 def load_token_stream(config_name: str, data_dir: str, split: str) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zoo.data.tokenizer import PAD_ID
-from zoo.quality import generative_perplexity, unigram_entropy
+from zoo.quality import distinct_ngrams, generative_perplexity, unigram_entropy
 
 
 def test_generative_perplexity_is_the_judges_nll_on_sample_tokens(tiny_model_and_params):
@@ -28,3 +28,11 @@ def test_unigram_entropy():
     assert unigram_entropy([[1, 2, 1, 2], [1, 2, 3, 4]]) == pytest.approx((1 + 2) / 2)
     with pytest.raises(ValueError, match="no non-empty samples"):
         unigram_entropy([[]])
+
+
+def test_distinct_ngrams():
+    assert distinct_ngrams([[1, 2, 3, 4, 5]], n=2) == 1.0
+    assert distinct_ngrams([[7, 7, 7, 7, 7]], n=2) == 0.25  # one distinct bigram of four
+    assert distinct_ngrams([[1, 2, 1, 2, 1], [1, 2]], n=2) == pytest.approx((2 / 4 + 1) / 2)
+    with pytest.raises(ValueError, match="no sample has 4 tokens"):
+        distinct_ngrams([[1, 2, 3]])

@@ -53,3 +53,17 @@ def unigram_entropy(samples: Sequence[Sequence[int]]) -> float:
     if not values:
         raise ValueError("no non-empty samples")
     return float(np.mean(values))
+
+
+def distinct_ngrams(samples: Sequence[Sequence[int]], n: int = 4) -> float:
+    """Mean over samples of the fraction of a sample's n-grams that are distinct (Welleck et al.'s
+    repetition measure): 1.0 for text that never repeats a span of n tokens, near 0 for a loop.
+    Greedy decoding of a small model often loops, which inflates speculative acceptance."""
+    values = []
+    for s in samples:
+        grams = [tuple(s[i:i + n]) for i in range(len(s) - n + 1)]
+        if grams:
+            values.append(len(set(grams)) / len(grams))
+    if not values:
+        raise ValueError(f"no sample has {n} tokens")
+    return float(np.mean(values))

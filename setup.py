@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+# What notebooks/ needs to draw (matplotlib) and what runs them outside Jupyter (the tests).
+NOTEBOOKS = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
+
 setup(
     name="zoo",
     version="0.1.0",
@@ -27,8 +30,11 @@ setup(
         "safetensors>=0.4",
         "pillow>=10",
     ],
-    # torch + transformers are the reference the export tests check zoo's logits against.
-    extras_require={"test": ["pytest>=8", "scipy>=1.12", "torch==2.13.0", "transformers>=5.0,<6"]},
+    # torch + transformers are the reference the export tests check zoo's logits against; the
+    # tests also execute the notebooks.
+    extras_require={"test": ["pytest>=8", "scipy>=1.12", "torch==2.13.0", "transformers>=5.0,<6",
+                             *NOTEBOOKS],
+                    "notebooks": NOTEBOOKS},
     entry_points={"console_scripts": [
         "zoo-train=launch.train:main",
         "zoo-generate=launch.generate:main",

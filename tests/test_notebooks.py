@@ -25,6 +25,7 @@ CELL_TIMEOUT_S = 300
 
 TINY = {  # notebook -> parameters that make it run in seconds
     "quickstart": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
+    "export_to_pytorch": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
 }
 
 

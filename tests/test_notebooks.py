@@ -26,6 +26,8 @@ CELL_TIMEOUT_S = 300
 TINY = {  # notebook -> parameters that make it run in seconds
     "quickstart": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
     "export_to_pytorch": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
+    "ssm_tree_scan": dict(TREE_NODES=12, HEADS=2, HEAD_DIM=8, STATE_DIM=8, GROUPS=1,
+                          EXPERIMENTS=["tiny_mamba2"], SIZES=[1, 4], REPEATS=1),
 }
 
 

@@ -28,6 +28,10 @@ TINY = {  # notebook -> parameters that make it run in seconds
     "export_to_pytorch": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
     "ssm_tree_scan": dict(TREE_NODES=12, HEADS=2, HEAD_DIM=8, STATE_DIM=8, GROUPS=1,
                           EXPERIMENTS=["tiny_mamba2"], SIZES=[1, 4], REPEATS=1),
+    "speculative_decoding": dict(TARGET_OVERRIDES=["train.steps=10"], TARGET_EXPERIMENT="tiny",
+                                 DRAFT_OVERRIDES=["train.steps=8"], DRAFTERS=["prompt_lookup",
+                                                                              "draft_tree"],
+                                 PROMPT_BYTES=32, MAX_NEW_TOKENS=16, REPEATS=1),
 }
 
 

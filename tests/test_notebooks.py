@@ -32,6 +32,8 @@ TINY = {  # notebook -> parameters that make it run in seconds
                                  DRAFT_OVERRIDES=["train.steps=8"], DRAFTERS=["prompt_lookup",
                                                                               "draft_tree"],
                                  PROMPT_BYTES=32, MAX_NEW_TOKENS=16, REPEATS=1),
+    "next_block_video": dict(EXPERIMENT="tiny_sprites_nbp", OVERRIDES=["train.steps=10"], CLIPS=2,
+                             GIVEN_FRAMES=2),
 }
 
 

@@ -44,6 +44,12 @@ def _non_negative(obj, section: str, *names: str) -> None:
 
 MODEL_FAMILIES = ("transformer", "mamba2", "hybrid")
 LAYER_KINDS = {"a": "attention + SwiGLU MLP", "m": "Mamba2 mixer"}
+# model.remat: "none" (keep every activation), "full" (recompute each block in the backward
+# pass) or one of the argument-free `jax.checkpoint_policies` (named here so this module stays
+# jax-free; tests/models/test_scan_layers.py checks each exists).
+REMAT_POLICIES = ("checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "everything_saveable", "nothing_saveable")
+REMAT = ("none", "full", *REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,8 @@ class ModelConfig:
     ssm_groups: int = 1  # B and C are shared by ssm_heads / ssm_groups heads
     ssm_conv_width: int = 4
     ssm_chunk_size: int = 64
+    scan_layers: bool = False  # blocks under nn.scan, params stacked [repeats, ...] under "layers"
+    remat: str = "none"  # none | full | a policy of REMAT_POLICIES: what backward recomputes
 
     def __post_init__(self):
         _require(self.family in MODEL_FAMILIES, "model.family", f"must be one of "
@@ -95,6 +103,7 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             _require(getattr(self, name) in DTYPES, f"model.{name}", f"must be one of {list(DTYPES)}",
                      getattr(self, name))
+        _require(self.remat in REMAT, "model.remat", f"must be one of {list(REMAT)}", self.remat)
         self._check_layers()
 
     def _check_layers(self):
@@ -117,12 +126,25 @@ class ModelConfig:
                      f"must divide model.ssm_heads={self.ssm_heads}", self.ssm_groups)
             _require(self.ssm_conv_width >= 2, "model.ssm_conv_width", "must be >= 2",
                      self.ssm_conv_width)
+        _require(not self.scan_layers or len(self.scan_period) < self.n_layers
+                 or self.n_layers == 1, "model.scan_layers",
+                 f"needs a model.layer_pattern that repeats a shorter period (one compiled "
+                 f"period, scanned); {self.layers!r} does not: set model.scan_layers=false or "
+                 f"make model.layer_pattern periodic", self.scan_layers)
 
     @property
     def layers(self) -> str:
         """The layer kinds, one letter per layer."""
         default = {"transformer": "a", "mamba2": "m"}.get(self.family, "")
         return self.layer_pattern or default * self.n_layers
+
+    @property
+    def scan_period(self) -> str:
+        """The shortest run of layer kinds that `layers` repeats ("mma" for "mmamma"); with
+        `scan_layers` one period is the body nn.scan repeats n_layers / len(period) times."""
+        layers = self.layers
+        return next(layers[:p] for p in range(1, len(layers) + 1)
+                    if len(layers) % p == 0 and layers[:p] * (len(layers) // p) == layers)
 
     @property
     def resolved_head_dim(self) -> int:

@@ -9,6 +9,7 @@ transformer.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -46,6 +47,8 @@ class HybridPending:
 
 
 class MambaBlock(nn.Module):
+    """Pre-norm Mamba2 mixer added to the residual stream (no MLP)."""
+
     config: object
     backend: str
 
@@ -57,7 +60,9 @@ class MambaBlock(nn.Module):
                                  c.ssm_groups, c.ssm_conv_width, c.ssm_chunk_size, c.norm_eps,
                                  init_std=c.init_std, backend=self.backend, **kw)
 
-    def __call__(self, x, lengths=None):
+    def __call__(self, x, positions=None, mask=None, lengths=None):
+        """Whole sequences from a zero state (causal by construction: `positions` and `mask`,
+        there to match `Block`, are unused); the cache is taken at `lengths`."""
         out, cache = self.mixer(self.norm(x), lengths)
         return x + out, cache
 
@@ -75,9 +80,8 @@ def _per_field(per_layer):
 class HybridBackbone(Transformer):
     """The transformer's embedding and head around `config.layers`' mix of blocks."""
 
-    def make_blocks(self):
-        return [(Block if kind == "a" else MambaBlock)(self.config, self.backend, name=f"block_{i}")
-                for i, kind in enumerate(self.config.layers)]
+    def block_class(self, kind: str):
+        return Block if kind == "a" else MambaBlock
 
     def __call__(self, tokens, positions, mask=None, lengths=None, cache=None, parents=None,
                  logits_at=None):
@@ -89,8 +93,10 @@ class HybridBackbone(Transformer):
         `parents`: the tokens are tree nodes; attention is the new (k, v), mamba the pending
         pieces of each Mamba2 layer. Each piece is a tuple with one entry per layer (attention
         is [B, T, K, D]); either is None when the model has no such layer.
-        `logits_at`: see `Transformer.head`.
+        `logits_at`: see `Transformer.head`. Scanned: no cache, and None in place of both.
         """
+        if self.scanned:
+            return self.run_scanned(tokens, positions, mask, logits_at)
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         attention, mamba = [], []
         for kind, block in zip(self.config.layers, self.blocks):
@@ -101,7 +107,7 @@ class HybridBackbone(Transformer):
                 x, kv = block(x, positions, mask, context)
                 attention.append(kv)
             elif cache is None:
-                x, state = block(x, lengths)
+                x, state = block(x, positions, mask, lengths)
                 mamba.append(state)
             else:
                 i = len(mamba)
@@ -117,9 +123,7 @@ class MambaLM(TransformerLM):
     """A Mamba2 or hybrid `HybridBackbone` as a DecodingModel (init, logical_axes and the
     training forward are the transformer's)."""
 
-    @property
-    def module(self) -> HybridBackbone:
-        return HybridBackbone(self.config, self.kernel_backend, self.layout)
+    backbone: ClassVar[type] = HybridBackbone
 
     def constrain_cache(self, cache: HybridCache) -> HybridCache:
         ssm = SSMCache(tuple(constrain(self.layout, c, SSM_CONV) for c in cache.ssm.conv),
@@ -156,7 +160,7 @@ class MambaLM(TransformerLM):
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
         lengths = jnp.asarray(lengths, jnp.int32)
-        logits, hidden, (attention, mamba) = self.module.apply(
+        logits, hidden, (attention, mamba) = self.decoding_module(params).apply(
             {"params": params}, tokens, _positions(b, t), attention_mask("causal", t),
             lengths=lengths, logits_at=logits_at)
         cache = self.init_cache(b, max_len)
@@ -169,7 +173,7 @@ class MambaLM(TransformerLM):
     def extend(self, params, cache: HybridCache, tokens, parents):
         parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
         positions = cache.lengths[:, None] + node_depths(parents)
-        logits, hidden, (attention, mamba) = self.module.apply(
+        logits, hidden, (attention, mamba) = self.decoding_module(params).apply(
             {"params": params}, tokens, positions, cache=cache, parents=parents)
         if attention is None:
             attention = ((), ())

@@ -2,9 +2,18 @@
 
 `Transformer` is the linen module; `TransformerLM` wraps it as a `DecodingModel` (init, forward,
 prefill / extend / commit over an explicit `KVCache`).
+
+Training follows `model.scan_layers` and `model.remat` (as MaxText's decoder does): scanned, one
+period of the layer pattern is compiled once and `nn.scan` repeats it, its params stacked under
+"layers" (`zoo.models.stacking`); remat wraps each block (or the scanned period) in `nn.remat`
+with the chosen `jax.checkpoint_policies` policy. Decoding runs the blocks one by one on
+per-layer params and per-layer caches, never remat: `init` gives the training layout, `forward`
+takes either, `prefill`/`extend` the per-layer one (`stacking` says why).
 """
 
 import dataclasses
+import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -17,6 +26,7 @@ from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.params import dense, rms_norm
 from zoo.models.protocol import after_forward
+from zoo.models.stacking import LAYERS, is_stacked, stack_layers
 from zoo.parallel import Layout, constrain
 
 # Logical names of activation and cache dimensions (parameters name theirs in their initializers).
@@ -24,7 +34,19 @@ RESIDUAL = ("batch", "length", None)
 KV_CACHE = ("batch", "kv_heads", None, None)  # one layer's [B, K, S, D]
 
 
+def rematted(cls, remat: str, prevent_cse: bool = True):
+    """`cls` under `nn.remat` with `model.remat`'s policy ("full": save nothing; "none": `cls`
+    itself). Under `nn.scan` pass prevent_cse=False: the scan already keeps XLA from merging the
+    recomputation into the forward, and the barriers would only slow it."""
+    if remat == "none":
+        return cls
+    policy = None if remat == "full" else getattr(jax.checkpoint_policies, remat)
+    return nn.remat(cls, policy=policy, prevent_cse=prevent_cse)
+
+
 class Block(nn.Module):
+    """Pre-norm attention then pre-norm SwiGLU, each added to the residual stream."""
+
     config: ModelConfig
     backend: str
 
@@ -49,10 +71,31 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), kv
 
 
+class Period(nn.Module):
+    """One period of the layer pattern over whole sequences: the body `nn.scan` repeats. Its
+    blocks (one class per layer kind, in pattern order) are block_0, block_1, ..."""
+
+    config: ModelConfig
+    backend: str
+    layout: Layout | None
+    classes: tuple  # a block class per layer of the period
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        for j, cls in enumerate(self.classes):
+            x, _ = cls(self.config, self.backend, name=f"block_{j}")(x, positions, mask)
+            x = constrain(self.layout, x, RESIDUAL)
+        return x, None
+
+
 class Transformer(nn.Module):
+    """Embedding, the blocks of `config.layers`, final norm, LM head."""
+
     config: ModelConfig
     backend: str = "auto"
     layout: Layout | None = None  # constrains the residual stream's sharding when set
+    scanned: bool = False  # blocks under nn.scan (training only: no caches in or out)
+    remat: str = "none"  # model.remat of the blocks (training; decoding keeps "none")
 
     def setup(self):
         c = self.config
@@ -66,10 +109,31 @@ class Transformer(nn.Module):
             self.lm_head = dense(c.vocab_size, ("embed", "vocab"), init_std=c.init_std,
                                  name="lm_head", **kw)
 
+    def block_class(self, kind: str):
+        """The module of layer kind `kind` (subclasses add other kinds)."""
+        return Block
+
     def make_blocks(self):
-        """The residual blocks, named block_0, block_1, ... (subclasses choose other kinds)."""
-        return [Block(self.config, self.backend, name=f"block_{i}")
-                for i in range(self.config.n_layers)]
+        """The residual blocks, named block_0, block_1, ...; scanned, one `nn.scan` named
+        "layers" over repeats of `config.scan_period`."""
+        c = self.config
+        if not self.scanned:
+            return [rematted(self.block_class(kind), self.remat)(c, self.backend,
+                                                                 name=f"block_{i}")
+                    for i, kind in enumerate(c.layers)]
+        scan = nn.scan(rematted(Period, self.remat, prevent_cse=False),
+                       variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(nn.broadcast, nn.broadcast),
+                       length=c.n_layers // len(c.scan_period),
+                       metadata_params={nn.PARTITION_NAME: LAYERS})
+        classes = tuple(self.block_class(kind) for kind in c.scan_period)
+        return scan(c, self.backend, self.layout, classes, name=LAYERS)
+
+    def run_scanned(self, tokens, positions, mask, logits_at):
+        """(logits, hidden, None): the whole sequence through the scanned blocks."""
+        x = constrain(self.layout, self.embed(tokens), RESIDUAL)
+        x, _ = self.blocks(x, positions, mask)
+        return *self.head(x, logits_at), None
 
     def head(self, x, logits_at=None):
         """(logits float32 [B, T, V], hidden [B, T, E]) from the last block's output; with
@@ -87,8 +151,10 @@ class Transformer(nn.Module):
 
         Without `cache`: full-sequence attention under `mask`. With `cache` (a KVCache) and
         `parents`: the tokens are tree nodes extending the committed cache. `logits_at`: see
-        `head`.
+        `head`. Scanned: no cache, and None in place of (k, v).
         """
+        if self.scanned:
+            return self.run_scanned(tokens, positions, mask, logits_at)
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
@@ -118,10 +184,26 @@ class TransformerLM:
     config: ModelConfig
     kernel_backend: str = "auto"
     layout: Layout | None = None  # a mesh: activations and caches are sharded over it
+    backbone: ClassVar[type] = Transformer
 
     @property
     def module(self) -> Transformer:
-        return Transformer(self.config, self.kernel_backend, self.layout)
+        """The decoding module: per-layer blocks, no remat."""
+        return self.backbone(self.config, self.kernel_backend, self.layout)
+
+    def training_module(self, scanned: bool) -> Transformer:
+        return self.backbone(self.config, self.kernel_backend, self.layout, scanned,
+                             self.config.remat)
+
+    def decoding_module(self, params) -> Transformer:
+        """`module`, after checking `params` are per-layer."""
+        if is_stacked(params):
+            raise ValueError(
+                "decoding reads per-layer params (block_0, block_1, ...); these are stacked "
+                f"under {LAYERS!r} (model.scan_layers=true, the training layout). Convert them "
+                "once with zoo.models.stacking.unstack_layers(params, config), as "
+                "zoo.runs.load_run does: slicing the stack in every step would copy the weights")
+        return self.module
 
     def constrain_cache(self, cache: KVCache) -> KVCache:
         """The cache sharded by batch row and KV head (a no-op without a layout)."""
@@ -131,22 +213,31 @@ class TransformerLM:
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
-    def _init_boxed(self, rng):
+    def _init_boxed(self, rng, scanned: bool):
         tokens = jnp.zeros((1, 1), jnp.int32)
-        return self.module.init(rng, tokens, _positions(1, 1), attention_mask("causal", 1))["params"]
+        return self.training_module(scanned).init(rng, tokens, _positions(1, 1),
+                                                  attention_mask("causal", 1))["params"]
+
+    def _init(self, rng):
+        params = nn.unbox(self._init_boxed(rng, False))
+        return stack_layers(params, self.config) if self.config.scan_layers else params
 
     def init(self, rng):
-        return nn.unbox(jax.jit(self._init_boxed)(rng))
+        """Params in the training layout (stacked when `config.scan_layers`): the per-layer
+        init, stacked, so a seed gives the same model in either layout."""
+        return jax.jit(self._init)(rng)
 
     def logical_axes(self):
         """Pytree of PartitionSpecs of logical axis names, matching `init`'s params."""
-        return nn.get_partition_spec(jax.eval_shape(self._init_boxed, jax.random.key(0)))
+        init = functools.partial(self._init_boxed, scanned=self.config.scan_layers)
+        return nn.get_partition_spec(jax.eval_shape(init, jax.random.key(0)))
 
     def forward(self, params, tokens, mask: str = "causal", block_size: int = 0, segment_ids=None,
                 block_ids=None):
-        """Full-sequence logits and hidden states under `mask` (see `attention_mask`)."""
+        """Full-sequence logits and hidden states under `mask` (see `attention_mask`), from
+        stacked or per-layer params."""
         b, t = tokens.shape
-        logits, hidden, _ = self.module.apply(
+        logits, hidden, _ = self.training_module(is_stacked(params)).apply(
             {"params": params}, tokens, mask_positions(mask, b, t),
             attention_mask(mask, t, block_size, segment_ids, block_ids))
         return logits, hidden
@@ -165,7 +256,7 @@ class TransformerLM:
         b, t = tokens.shape
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
-        logits, hidden, (k, v) = self.module.apply(
+        logits, hidden, (k, v) = self.decoding_module(params).apply(
             {"params": params}, tokens, _positions(b, t),
             attention_mask(mask, t, block_size, block_ids=block_ids), logits_at=logits_at)
         cache = self.init_cache(b, max_len).write_prefix(k, v, lengths)
@@ -174,7 +265,7 @@ class TransformerLM:
     def extend(self, params, cache: KVCache, tokens, parents):
         parents = jnp.broadcast_to(parents, tokens.shape).astype(jnp.int32)
         positions = cache.lengths[:, None] + node_depths(parents)
-        logits, hidden, (k, v) = self.module.apply(
+        logits, hidden, (k, v) = self.decoding_module(params).apply(
             {"params": params}, tokens, positions, cache=cache, parents=parents)
         return logits, hidden, after_forward(KVPending(k, v), logits)
 

@@ -140,6 +140,42 @@ def test_positions_after_an_eos_are_padding(tiny_model_and_params):
     assert (got.tokens == eos).any() and (got.tokens != MASK_ID).all()
 
 
+def test_unmasking_order_counts_the_steps_that_decided_each_position(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    one_by_one = _run(model, params, DiffusionSampler(steps=8), 0)
+    for row in one_by_one.unmasked_at:
+        assert sorted(row) == list(range(1, 9))
+    two_steps = _run(model, params, DiffusionSampler(steps=2), 0)
+    for row in two_steps.unmasked_at:
+        assert sorted(row) == [1] * 4 + [2] * 4
+    blocks = _run(model, params, DiffusionSampler(block_size=4, threshold=1e-6), 4)
+    np.testing.assert_array_equal(blocks.unmasked_at, [[1] * 4 + [2] * 4] * len(PROMPTS))
+
+
+def test_the_first_unmasked_position_is_the_most_confident_one(tiny_model_and_params):
+    """Vanilla greedy: step 1 unmasks the position whose argmax is most probable in one
+    bidirectional forward over the prompt and an all-MASK answer."""
+    model, params = tiny_model_and_params
+    prompt = PROMPTS[2]
+    got = _run(model, params, DiffusionSampler(steps=8), 0, prompts=[prompt])
+    logits, _ = model.forward(params, jnp.array([prompt + [MASK_ID] * 8]), mask="bidirectional")
+    confidence = jax.nn.softmax(logits[0, len(prompt):], axis=-1).max(-1)
+    first = int(np.flatnonzero(got.unmasked_at[0] == 1)[0])
+    assert first == int(jnp.argmax(confidence))
+    assert got.tokens[0, first] == int(jnp.argmax(logits[0, len(prompt) + first]))
+
+
+def test_positions_made_padding_by_an_eos_are_decided_with_it(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    free = _run(model, params, DiffusionSampler(steps=8), 0)
+    eos = int(free.tokens[0, 2])
+    got = _run(model, params, DiffusionSampler(steps=8), 0, eos_id=eos)
+    row = int(np.flatnonzero((got.tokens == eos).any(1))[0])
+    at = int(np.flatnonzero(got.tokens[row] == eos)[0])
+    after = got.unmasked_at[row, at + 1:]  # unmasked before the EOS was, or made PAD with it
+    assert after.size and (after > 0).all() and (after <= got.unmasked_at[row, at]).all()
+
+
 @pytest.mark.parametrize("how, span, message", [
     (dict(threshold=1.5), 8, r"threshold must be in \(0, 1\]"),
     (dict(steps=-1), 8, "steps must be >= 1"),

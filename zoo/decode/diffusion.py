@@ -91,6 +91,9 @@ class DiffusionGeneration:
     tokens: np.ndarray  # int32[B, G]: the answers, pad_id after a row's EOS
     num_tokens: np.ndarray  # int32[B]: answer tokens up to and including EOS
     forwards: int  # model forwards run (prefill included)
+    # int32[B, G]: the denoising step (1, 2, ...; the prefill not counted) that decided each
+    # answer position: unmasked it, or made it PAD after an EOS. The sampler's unmasking order.
+    unmasked_at: np.ndarray
 
 
 def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -102,15 +105,15 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     s, steps_per_block = how.check(max_new_tokens)
     tokens, lengths = pad_prompts(prompts, model.vocab_size, pad_id)
     # The sampler travels as a traced argument (a new temperature reuses the program).
-    out, forwards = _sample(params, jnp.asarray(tokens), jnp.asarray(lengths), rng, model=model,
-                            span=max_new_tokens, block=s, steps_per_block=steps_per_block,
-                            how=dataclasses.replace(how, sampler=Sampler()), sampler=how.sampler,
-                            model_block=model_block_size, eos_id=eos_id, pad_id=pad_id,
-                            mask_id=mask_id)
+    out, forwards, unmasked_at = _sample(
+        params, jnp.asarray(tokens), jnp.asarray(lengths), rng, model=model, span=max_new_tokens,
+        block=s, steps_per_block=steps_per_block, how=dataclasses.replace(how, sampler=Sampler()),
+        sampler=how.sampler, model_block=model_block_size, eos_id=eos_id, pad_id=pad_id,
+        mask_id=mask_id)
     out = np.asarray(out)
     is_eos = out == eos_id
     num = np.where(is_eos.any(1), is_eos.argmax(1) + 1, max_new_tokens).astype(np.int32)
-    return DiffusionGeneration(out, num, int(forwards))
+    return DiffusionGeneration(out, num, int(forwards), np.asarray(unmasked_at))
 
 
 def block_ids(positions, lengths, answer_block: int, prompt_block: int, real):
@@ -140,16 +143,18 @@ def _choose(how: DiffusionSampler, sampler: Sampler, rng, logits, masked, count)
     return tokens, masked & (rank < count[:, None])
 
 
-def _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id):
+def _unmask(answer, unmasked_at, step, tokens, chosen, start, eos_id, pad_id, mask_id):
     """Write the chosen tokens into the answer [B, G] at offset `start`; after a row's first
-    EOS every position is PAD."""
+    EOS every position is PAD. `unmasked_at` [B, G] (0: still masked) records `step` at the
+    positions this step decides."""
     n = tokens.shape[1]
     window = jax.lax.dynamic_slice_in_dim(answer, start, n, axis=1)
     answer = jax.lax.dynamic_update_slice_in_dim(answer, jnp.where(chosen, tokens, window),
                                                  start, axis=1)
     eos = answer == eos_id
     after = jnp.cumsum(eos, axis=1) - eos > 0
-    return jnp.where(after, pad_id, answer)
+    answer = jnp.where(after, pad_id, answer)
+    return answer, jnp.where((unmasked_at == 0) & (answer != mask_id), step, unmasked_at)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "span", "block", "steps_per_block", "how",
@@ -186,14 +191,14 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
 
     def block_loop(j, state):
         """Denoise answer block j (positions j*block ...) until nothing in it is masked."""
-        answer, cache, forwards, rng = state
+        answer, unmasked_at, cache, forwards, rng = state
         start = j * block
 
         def masked_now(answer):
             return jax.lax.dynamic_slice_in_dim(answer, start, block, axis=1) == mask_id
 
         def step(carry):
-            i, answer, cache, forwards, rng = carry
+            i, answer, unmasked_at, cache, forwards, rng = carry
             rng, key = jax.random.split(rng)
             if use_cache:
                 active = jax.lax.dynamic_slice_in_dim(answer, start, block, axis=1)
@@ -202,10 +207,11 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
                 logits = jax.lax.dynamic_slice_in_dim(full_logits(answer), start, block, axis=1)
             tokens, chosen = _choose(how, sampler, key, logits, masked_now(answer),
                                      jnp.full((b,), quota(i)))
-            answer = _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id)
-            return i + 1, answer, cache, forwards + 1, rng
+            answer, unmasked_at = _unmask(answer, unmasked_at, forwards + 1, tokens, chosen,
+                                          start, eos_id, pad_id, mask_id)
+            return i + 1, answer, unmasked_at, cache, forwards + 1, rng
 
-        def first_step(answer, cache, forwards, rng):
+        def first_step(answer, unmasked_at, cache, forwards, rng):
             """Step 0, carrying the finished block j - 1 as the parent block and committing
             it (for j = 0 the parent slot is unused: both blocks are roots)."""
             rng, key = jax.random.split(rng)
@@ -221,13 +227,12 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
                                  jnp.full((b,), jnp.where(j == 0, 0, block)))
             tokens, chosen = _choose(how, sampler, key, logits[:, block:], masked_now(answer),
                                      jnp.full((b,), quota(0)))
-            answer = _unmask(answer, tokens, chosen, start, eos_id, pad_id, mask_id)
-            return 1, answer, cache, forwards + 1, rng
+            answer, unmasked_at = _unmask(answer, unmasked_at, forwards + 1, tokens, chosen,
+                                          start, eos_id, pad_id, mask_id)
+            return 1, answer, unmasked_at, cache, forwards + 1, rng
 
         def run_block(state):
-            answer, cache, forwards, rng = state
-            carry = (first_step(answer, cache, forwards, rng) if use_cache
-                     else (0, answer, cache, forwards, rng))
+            carry = first_step(*state) if use_cache else (0, *state)
             bound = block if how.threshold else steps_per_block
             carry = jax.lax.while_loop(
                 lambda c: (c[0] < bound) & masked_now(c[1]).any(), step, carry)
@@ -243,6 +248,7 @@ def _sample(params, prompt, lengths, rng, *, model, span, block, steps_per_block
         _, _, cache = model.prefill(params, prompt, lengths, width, mask="block_causal",
                                     block_ids=ids)
         forwards = forwards + 1
-    answer, _, forwards, _ = jax.lax.fori_loop(0, span // block, block_loop,
-                                               (answer, cache, forwards, rng))
-    return answer, forwards
+    # unmasked_at holds forwards counts (0: masked); a step's number leaves out the prefill
+    answer, unmasked_at, _, forwards, _ = jax.lax.fori_loop(
+        0, span // block, block_loop, (answer, jnp.zeros_like(answer), cache, forwards, rng))
+    return answer, forwards, jnp.maximum(unmasked_at - int(use_cache), 0)

@@ -87,14 +87,20 @@ def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None
 def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = None):
     """A zoo run directory holding the Hugging Face checkpoint's weights as step 0 (fresh
     optimizer state), so `zoo-generate --checkpoint out_dir` decodes with it and `zoo-train
-    --resume` fine-tunes it. Returns its config."""
+    --resume` fine-tunes it. Returns its config: the checkpoint's model, trained the way
+    `experiment` says (its model.scan_layers, model.remat; params stacked when scanned)."""
     hf_config = hf.read_config(hf_dir)
     module = architecture_of(hf_config)
-    model_config = module.zoo_config(hf_config)
     base = experiment or config_lib.ExperimentConfig()
+    model_config = dataclasses.replace(module.zoo_config(hf_config),
+                                       scan_layers=base.model.scan_layers, remat=base.model.remat)
     config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
         base.train, run_dir=str(out_dir)))
     params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype)
+    if model_config.scan_layers:
+        from zoo.models.stacking import stack_layers  # noqa: PLC0415
+
+        params = stack_layers(params, model_config)
     from zoo.train.loop import data_identity  # noqa: PLC0415
     from zoo.train.optimizer import make_optimizer  # noqa: PLC0415
 

@@ -2,14 +2,16 @@
 
 Each notebook is executed with nbclient in a fresh kernel, in a temporary directory, on tiny
 settings: a cell injected after its `parameters`-tagged cell (as papermill does) sets `DATA_DIR`
-to the session's corpus folder, `WORK_DIR` to the temporary directory and the notebook's
-`TINY` values below. Any error fails the test, and so does a notebook that draws no picture.
+to the session's corpus folder and `WORK_DIR` to the temporary directory (where the notebook has
+them) and the notebook's `TINY` values below, each of which its parameters cell must define.
+Any error fails the test, and so does a notebook that draws no picture.
 
 Committed notebooks carry no outputs or execution counts (`python tests/test_notebooks.py`
 strips them), open with an "Open in Colab" badge, install zoo from `REPO_URL` in Colab, and have
 their badge in the README.
 """
 
+import ast
 import pathlib
 import sys
 
@@ -28,12 +30,13 @@ TINY = {  # notebook -> parameters that make it run in seconds
     "export_to_pytorch": dict(EXPERIMENT="tiny", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16),
     "ssm_tree_scan": dict(TREE_NODES=12, HEADS=2, HEAD_DIM=8, STATE_DIM=8, GROUPS=1,
                           EXPERIMENTS=["tiny_mamba2"], SIZES=[1, 4], REPEATS=1),
-    "speculative_decoding": dict(TARGET_OVERRIDES=["train.steps=10"], TARGET_EXPERIMENT="tiny",
-                                 DRAFT_OVERRIDES=["train.steps=8"], DRAFTERS=["prompt_lookup",
-                                                                              "draft_tree"],
+    "speculative_decoding": dict(TARGET_EXPERIMENT="tiny", TARGET_OVERRIDES=["train.steps=10"],
+                                 DRAFT_OVERRIDES=["train.steps=8"], DRAFTERS=["draft_tree"],
                                  PROMPT_BYTES=32, MAX_NEW_TOKENS=16, REPEATS=1),
     "next_block_video": dict(EXPERIMENT="tiny_sprites_nbp", OVERRIDES=["train.steps=10"], CLIPS=2,
                              GIVEN_FRAMES=2),
+    "diffusion": dict(EXPERIMENT="tiny_diffusion", OVERRIDES=["train.steps=10"], MAX_NEW_TOKENS=16,
+                      STEPS=8, BLOCK_SIZE=8, COLUMNS=16),
 }
 
 
@@ -45,6 +48,14 @@ def _parameters_index(nb) -> int:
     tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, f"want exactly one cell tagged 'parameters', found {len(tagged)}"
     return tagged[0]
+
+
+def _parameter_names(cell) -> set[str]:
+    """The names a parameters cell assigns (`A = 1`, `A, B = 1, 2`)."""
+    return {node.id for statement in ast.parse(cell.source).body
+            if isinstance(statement, ast.Assign)
+            for target in statement.targets for node in ast.walk(target)
+            if isinstance(node, ast.Name)}
 
 
 def strip(nb) -> bool:
@@ -65,11 +76,16 @@ def test_notebook_runs_on_tiny_settings(path, data_dir, tmp_path):
     if path.stem not in TINY:
         pytest.fail(f"give {path.name} tiny settings in TINY ({__file__})")
     nb = _read(path)
-    values = dict(DATA_DIR=data_dir, WORK_DIR=str(tmp_path / "work"), **TINY[path.stem])
+    index = _parameters_index(nb)
+    names = _parameter_names(nb.cells[index])
+    unknown = set(TINY[path.stem]) - names
+    assert not unknown, f"TINY sets {sorted(unknown)}, which {path.name}'s parameters lack"
+    folders = dict(DATA_DIR=data_dir, WORK_DIR=str(tmp_path / "work"))
+    values = {**{k: v for k, v in folders.items() if k in names}, **TINY[path.stem]}
     injected = nbformat.v4.new_code_cell(
         "\n".join(f"{name} = {value!r}" for name, value in values.items()),
         metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(_parameters_index(nb) + 1, injected)
+    nb.cells.insert(index + 1, injected)
     NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs

@@ -1,4 +1,5 @@
-"""zoo.plots: tree layout, the drawn token tree and its highlighted path, loss curves."""
+"""zoo.plots: tree layout, the drawn token tree and its highlighted path, loss curves, the
+diffusion unmasking order."""
 
 import json
 
@@ -67,3 +68,26 @@ def test_losses_plot_train_and_validation_by_step(tmp_path):
 def test_losses_of_a_folder_without_metrics_name_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a trained zoo run"):
         plots.plot_losses(tmp_path)
+
+
+def test_unmasking_order_is_a_grid_of_tokens_coloured_by_step():
+    steps = np.array([3, 1, 2, 2, 4])
+    ax = plots.draw_unmasking_order(list("abcde"), steps, columns=2)
+    grid = ax.images[0].get_array()
+    np.testing.assert_array_equal(grid.filled(-1), [[3, 1], [2, 2], [4, -1]])
+    assert grid.mask.tolist() == [[False, False], [False, False], [False, True]]
+    assert {t.get_text(): t.get_position() for t in ax.texts} == {
+        "a": (0, 0), "b": (1, 0), "c": (0, 1), "d": (1, 1), "e": (0, 2)}
+    plt.close("all")
+
+
+def test_unmasking_order_needs_one_step_per_label():
+    with pytest.raises(ValueError, match="3 labels for unmasking steps of shape"):
+        plots.draw_unmasking_order(list("abc"), np.array([[1, 2, 3]]))
+
+
+def test_token_labels_are_short_and_printable():
+    from zoo.data.tokenizer import EOS_ID, MASK_ID
+    got = [plots.token_label(t) for t in [ord("a"), ord(" "), ord("\n"), 9, 0x15, 0xe2, EOS_ID,
+                                          MASK_ID]]
+    assert got == ["a", "\u2423", "\u21b5", "\\t", "\\x15", "\\xe2", "\u00b7", "\u00b7"]

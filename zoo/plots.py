@@ -1,4 +1,5 @@
-"""Pictures for notebooks: a run's loss curves and a drafted token tree with its accepted path.
+"""Pictures for notebooks: a run's loss curves, a drafted token tree with its accepted path, and
+the order in which a diffusion sampler unmasked an answer.
 
 matplotlib is imported when a picture is drawn, not with the module, so zoo does not need it
 (`pip install zoo[notebooks]` brings it).
@@ -10,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zoo.data.tokenizer import BYTE_VOCAB
 from zoo.decode.trees import validate_parents
 
 ACCEPTED_COLOUR = "tab:green"
@@ -22,6 +24,17 @@ def _axes(ax):
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt.subplots()[1]
+
+
+def token_label(token: int) -> str:
+    """A byte token as a short printable label: \u2423 a space, \u21b5 a newline, \u00b7 a special
+    token (BOS, EOS, PAD, MASK), an escape for other control bytes and for bytes >= 0x80 (a piece
+    of a multibyte character has no glyph of its own)."""
+    if token >= BYTE_VOCAB:
+        return "\u00b7"
+    if token >= 0x80:
+        return f"\\x{token:02x}"
+    return {" ": "\u2423", "\n": "\u21b5"}.get(chr(token), repr(chr(token))[1:-1])
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -120,4 +133,29 @@ def draw_token_tree(labels: Sequence[str], parents, accepted: Sequence[int] = ()
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
+    return ax
+
+
+def draw_unmasking_order(labels: Sequence[str], unmasked_at, columns: int = 32, ax=None):
+    """Draw an answer as a grid of `columns` tokens a line, each labelled with its token and
+    coloured by the denoising step that unmasked it (`DiffusionGeneration.unmasked_at[b]`): the
+    order a diffusion sampler filled the answer in. The axes."""
+    unmasked_at = np.asarray(unmasked_at)
+    if unmasked_at.ndim != 1 or len(labels) != len(unmasked_at):
+        raise ValueError(f"{len(labels)} labels for unmasking steps of shape "
+                         f"{unmasked_at.shape}; give one answer row")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    n = len(labels)
+    grid = np.full((-(-n // columns), columns), np.nan)
+    grid.flat[:n] = unmasked_at
+    ax = _axes(ax)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis")
+    late = (unmasked_at - unmasked_at.min()) > 0.6 * np.ptp(unmasked_at)  # bright cells
+    for i, label in enumerate(labels):
+        ax.text(i % columns, i // columns, label, ha="center", va="center", family="monospace",
+                color="black" if late[i] else "white")
+    ax.figure.colorbar(image, ax=ax, label="denoising step", shrink=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
     return ax

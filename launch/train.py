@@ -2,6 +2,9 @@
 
     zoo-train --config configs/experiments/code_small.yaml train.steps=200 [--resume]
 
+A resumed run keeps the checkpoint's train.steps and learning-rate schedule unless given
+--allow-schedule-change. SIGTERM checkpoints and exits (every process at the same step).
+
 Every process of a multi-host run (a TPU pod slice, `launch/local_pod.py`) runs the same
 command with --distributed.
 """
@@ -20,6 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.d_model=256")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in train.run_dir")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="with --resume: continue under train.steps or learning-rate "
+                             "settings other than the checkpoint's (refused otherwise)")
     parser.add_argument("--stop-at", type=int, default=None,
                         help="checkpoint and stop at this step (as a preemption would)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,7 +61,8 @@ def main(argv=None) -> int:
     print(f"zoo-train: {config.name} -> {config.train.run_dir}", flush=True)
     try:
         result = train(config, resume=args.resume, stop_at=args.stop_at,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress,
+                       allow_schedule_change=args.allow_schedule_change)
     except (FileNotFoundError, config_lib.ConfigError, ShardingError) as e:  # e.g. a bad
         # heads.target_run, or sizes that do not divide over the mesh
         print(f"zoo-train: {e}", file=sys.stderr)

@@ -29,6 +29,13 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def _step(self, step: int | None) -> int:
+        """`step`, or the latest when None; FileNotFoundError when there is none."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        return step
+
     def save(self, step: int, state: Any, data_state: dict) -> None:
         """Start saving (returns before the write finishes when async)."""
         self.manager.save(step, args=ocp.args.Composite(
@@ -37,20 +44,23 @@ class Checkpointer:
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restore (state, data_state) at `step` (default latest) onto `abstract_state`'s
         structure, shapes, dtypes and shardings."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        step = self._step(step)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"]
+
+    def data_state(self, step: int | None = None) -> dict:
+        """Only the JSON beside the state at `step` (default latest): enough to check that a
+        resume can continue before any array is allocated."""
+        step = self._step(step)
+        return self.manager.restore(step, args=ocp.args.Composite(
+            data=ocp.args.JsonRestore()))["data"]
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
         """Only the parameters of the train state at `step` (default latest), onto
         `abstract_params`' structure, shapes, dtypes and shardings: what generation and export
         need, without reading (or allocating) the optimizer's moments, twice the params again."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        step = self._step(step)
         item = {"params": abstract_params}
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),

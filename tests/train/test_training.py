@@ -7,12 +7,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zoo.checkpoint import Checkpointer
 from zoo.runs import load_run
 from zoo.train.loop import NonFiniteLossError, ResumeError, train
+from zoo.train.optimizer import learning_rate_schedule
 
 from conftest import REPO, assert_loss_falls
 
@@ -37,6 +39,9 @@ def test_resume_equals_uninterrupted(tiny_experiment, tmp_path):
     cfg = tiny_experiment(*steps, f"train.run_dir={tmp_path / 'b'}")
     first = train(cfg, stop_at=8, progress=False)
     assert first.step == 8
+    checkpoints = Checkpointer(tmp_path / "b" / "checkpoints")
+    assert checkpoints.data_state(8)["position"] == 8  # not the batches prefetched beyond it
+    checkpoints.close()
     with pytest.raises(FileExistsError, match="pass --resume"):
         train(cfg, progress=False)
     second = train(cfg, resume=True, progress=False)
@@ -67,6 +72,67 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tiny_experiment):
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
+def test_non_finite_loss_mid_log_window(tiny_experiment, monkeypatch):
+    """Metrics reach the host once per log window, yet the error names the exact bad step and
+    the checkpoint due after it (step 10) is never written."""
+    import zoo.train.loop as loop
+
+    class Poisoned:  # the objective, with a NaN loss at step 7
+        def __init__(self, objective):
+            self.objective = objective
+
+        def __getattr__(self, name):
+            return getattr(self.objective, name)
+
+        def make_train_step(self, tx, schedule, shardings=None):
+            step_fn = self.objective.make_train_step(tx, schedule, shardings)
+
+            def step(state, batch):
+                state, metrics = step_fn(state, batch)
+                return state, {**metrics, "loss": jnp.where(state.step == 7, jnp.nan,
+                                                            metrics["loss"])}
+            return step
+
+    fetches, device_get = [], jax.device_get
+
+    def counting_device_get(tree):
+        if "params_finite" in str(jax.tree.structure(tree)):  # train metrics, not eval sums
+            fetches.append(tree)
+        return device_get(tree)
+
+    build_objective = loop.build_objective
+    monkeypatch.setattr(loop, "build_objective", lambda *a: Poisoned(build_objective(*a)))
+    monkeypatch.setattr(jax, "device_get", counting_device_get)
+    cfg = tiny_experiment("train.log_every=5", "train.checkpoint_every=5", "train.steps=20",
+                          "train.eval_every=20")
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7 .* last good "
+                                                 "checkpoint is step 5 in"):
+        train(cfg, progress=False)
+    assert Checkpointer(f"{cfg.train.run_dir}/checkpoints").all_steps() == [5]
+    assert len(fetches) == 2  # after steps 5 and 10, not after every step
+
+
+def test_resume_refuses_a_changed_schedule_unless_allowed(tiny_experiment):
+    cfg = tiny_experiment("train.steps=6", "train.eval_every=6")
+    train(cfg, stop_at=3, progress=False)
+    config_yaml = (REPO / cfg.train.run_dir / "config.yaml").read_text()
+    for change, message in [("train.steps=8", "train.steps=6 but the config says 8"),
+                            ("train.learning_rate=0.01",
+                             "train.learning_rate=0.003 but the config says 0.01")]:
+        with pytest.raises(ResumeError, match=f"{message}.*--allow-schedule-change"):
+            train(tiny_experiment("train.steps=6", "train.eval_every=6", change), resume=True,
+                  progress=False)
+    assert (REPO / cfg.train.run_dir / "config.yaml").read_text() == config_yaml
+    longer = tiny_experiment("train.steps=8", "train.eval_every=6", "train.log_every=1")
+    result = train(longer, resume=True, progress=False, allow_schedule_change=True)
+    assert sorted(result.losses) == [4, 5, 6, 7, 8]
+    rows = [json.loads(l) for l in (REPO / cfg.train.run_dir / "metrics.jsonl").read_text()
+            .splitlines()]
+    want = learning_rate_schedule(longer.train)(7)  # the new schedule at step 8
+    assert [r["learning_rate"] for r in rows if r["step"] == 8 and "loss" in r] == [
+        pytest.approx(want)]
+
+
 def _cli(name):
     return [sys.executable, "-c", f"import sys; from launch.{name} import main; sys.exit(main())"]
 
@@ -90,7 +156,7 @@ def test_sigterm_saves_and_resume_continues(tiny_experiment, data_dir, tmp_path)
     step = Checkpointer(run_dir / "checkpoints").latest_step()
     assert step is not None and step >= 3
     cfg = tiny_experiment(f"train.run_dir={run_dir}", f"train.steps={step + 2}")
-    result = train(cfg, resume=True, progress=False)
+    result = train(cfg, resume=True, progress=False, allow_schedule_change=True)
     assert sorted(result.losses) == [step + 1, step + 2]
 
 

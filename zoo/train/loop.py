@@ -1,8 +1,21 @@
-"""The training loop: data, jitted steps, validation, metrics, checkpoints, resume, SIGTERM.
+"""The training loop: data, jitted steps, validation, metrics, checkpoints, resume, preemption.
 
 `train(config)` is what `zoo-train` runs. Everything a resumed run needs (params, optimizer
 state, step, data position) is in the checkpoint, so training N steps, stopping, and resuming for
-N more gives the same losses as 2N uninterrupted steps.
+N more gives the same losses as 2N uninterrupted steps. The checkpoint also records the schedule
+settings (`train.steps`, learning rate, warmup, decay): resuming under other ones is refused
+unless `allow_schedule_change` (`zoo-train --allow-schedule-change`).
+
+The host never waits on the devices between log points: a thread assembles batches (as global
+arrays) a few steps ahead, and each step's metrics stay on the devices until the next log,
+validation or checkpoint step fetches the whole window and checks it step by step. A non-finite
+loss then names the exact step that went bad; every checkpoint is saved after such a check, so
+the last one is always from before it.
+
+SIGTERM stops the run at a step every process agrees on, which all of them checkpoint before
+exiting: in a multi-process run JAX's preemption sync manager (`jax.distributed`) catches the
+signal on whichever process gets it and picks the next step all processes reach (within about a
+second); a process that stopped on its own flag would leave the others waiting in a collective.
 
 The state lives on the mesh of `config.mesh` (all devices of all processes), sharded by
 `zoo.parallel.Layout`; `data.batch_size` is the global batch, of which each process reads only
@@ -19,14 +32,16 @@ import time
 import jax
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
 from zoo.data.packing import BatchIterator, eval_batches, load_dataset
+from zoo.data.prefetch import Prefetcher
 from zoo.models import build_model
 from zoo.parallel import Layout, ShardingError
-from zoo.train.optimizer import learning_rate_schedule, make_optimizer
+from zoo.train.optimizer import learning_rate_schedule, make_optimizer, schedule_settings
 from zoo.train.steps import LMObjective, StepShardings, init_state, summarize_eval
 
 
@@ -46,21 +61,31 @@ class TrainResult:
     interrupted: bool  # stopped by SIGTERM (checkpoint saved)
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks after each step (then saves and exits)."""
+class _Preemption:
+    """SIGTERM -> `reached(step)` true at one step, the same on every process.
 
-    def __init__(self):
-        self.raised = False
+    With `jax.distributed` JAX's preemption sync manager owns SIGTERM (installing a Python
+    handler would take it away) and needs `reached` asked at every step. A lone process turns
+    SIGTERM into a flag."""
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.raised = False
+        self._synced = jax.distributed.is_initialized()
+        if not self._synced:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.raised = True
 
+    def reached(self, step: int) -> bool:
+        if self._synced:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.raised
+
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._synced:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def evaluate(eval_step, params, batches, summarize=summarize_eval) -> dict:
@@ -132,8 +157,28 @@ def global_batch(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def check_resumable(data_state: dict, config: config_lib.ExperimentConfig,
+                    allow_schedule_change: bool = False) -> None:
+    """Raise ResumeError, naming the key and both values, when a checkpoint's data settings
+    (or, unless allowed, its schedule settings) differ from `config`'s. A checkpoint written
+    before the schedule was recorded passes unchecked."""
+    for key, value in data_identity(config).items():
+        if data_state.get(key) != value:
+            raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
+                              f"{data_state.get(key)!r} but the config says {value!r}")
+    saved = data_state.get("schedule", {})
+    for key, value in schedule_settings(config.train).items():
+        if key in saved and saved[key] != value and not allow_schedule_change:
+            raise ResumeError(
+                f"cannot resume: the checkpoint was trained with train.{key}={saved[key]!r} but "
+                f"the config says {value!r}, a different learning-rate schedule; pass "
+                "--allow-schedule-change (train(..., allow_schedule_change=True)) to continue "
+                "on the new one")
+
+
 def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
-          stop_at: int | None = None, progress: bool = True) -> TrainResult:
+          stop_at: int | None = None, progress: bool = True,
+          allow_schedule_change: bool = False) -> TrainResult:
     """Train `config`; `stop_at` ends this run early (checkpointed) at that step, as a preemption
     would, so a later `resume=True` run can continue to `config.train.steps`."""
     tc, dc = config.train, config.data
@@ -146,10 +191,13 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
 
     run_dir = epath.Path(tc.run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
-    if checkpointer.latest_step() is not None and not resume:
+    resuming = checkpointer.latest_step() is not None
+    if resuming and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (latest step "
                               f"{checkpointer.latest_step()}); pass --resume to continue it or "
                               "choose another train.run_dir")
+    if resuming:  # before the run's config.yaml is replaced
+        check_resumable(checkpointer.data_state(), config, allow_schedule_change)
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_lib.dumps(config))
@@ -160,21 +208,17 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                             for split in ("train", "validation"))
     batches = BatchIterator(train_data, rows, seed=dc.seed, shuffle=dc.shuffle,
                             process_index=jax.process_index(), process_count=jax.process_count())
-    val_batches = [{k: v[first_row:first_row + rows] for k, v in batch.items()}
+    to_global = lambda batch: global_batch(batch, shardings.batch)  # noqa: E731
+    val_batches = [to_global({k: v[first_row:first_row + rows] for k, v in batch.items()})
                    for batch in eval_batches(val_data, dc.batch_size, tc.eval_batches)]
 
     state = make_state()
-    identity = data_identity(config)
-    if resume and checkpointer.latest_step() is not None:
+    if resuming:
         state, data_state = checkpointer.restore(state)
-        for key, value in identity.items():
-            if data_state.get(key) != value:
-                raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
-                                 f"{data_state.get(key)!r} but the config says {value!r}")
         batches.set_state(data_state)
+    saved_json = {**data_identity(config), "schedule": schedule_settings(tc)}
     train_step = objective.make_train_step(tx, schedule, shardings)
     eval_step = objective.make_eval_step(shardings)
-    to_global = lambda batch: global_batch(batch, shardings.batch)  # noqa: E731
 
     start = int(state.step)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
@@ -183,42 +227,42 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     bar = tqdm(total=tc.steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not progress or jax.process_index() != 0)
     window_start, window_steps = time.perf_counter(), 0
+    pending = []  # (step, metrics still on the devices) since the last fetch
     try:
-        with _SigtermFlag() as sigterm:
+        with Prefetcher(batches, to_global) as feed, _Preemption() as preemption:
             for step in range(start + 1, end + 1):
-                state, metrics = train_step(state, to_global(next(batches)))
-                metrics = jax.device_get(metrics)
-                loss = float(metrics["loss"])
-                if not (math.isfinite(loss) and metrics["params_finite"]):
-                    checkpointer.wait()
-                    raise NonFiniteLossError(
-                        f"non-finite {'loss' if not math.isfinite(loss) else 'parameters'} at "
-                        f"step {step} (loss={loss}); stopped. The last good checkpoint is step "
-                        f"{checkpointer.latest_step()} in {checkpointer.directory}")
-                result.losses[step] = loss
-                result.step = step
+                state, metrics = train_step(state, next(feed))
+                pending.append((step, metrics))
                 window_steps += 1
                 bar.update(1)
-                if step % tc.log_every == 0 or step == end:
+                preempted = preemption.reached(step)
+                logging = step % tc.log_every == 0 or step == end or preempted
+                evaluating = step % tc.eval_every == 0 or step == tc.steps
+                saving = step % tc.checkpoint_every == 0 or step == end or preempted
+                if not (logging or evaluating or saving):
+                    continue
+                metrics = _fetch_finite(pending, result.losses, checkpointer)
+                result.step = step
+                if logging:
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_steps * tokens_per_step / elapsed
+                    loss = result.losses[step]
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
                     _append_jsonl(metrics_path, {
                         "step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(metrics["learning_rate"]),
                         "tokens_per_s": tok_s})
-                    window_start, window_steps = time.perf_counter(), 0
-                if step % tc.eval_every == 0 or step == tc.steps:
-                    record = {"step": step, **evaluate(
-                        eval_step, state.params, map(to_global, val_batches),
-                        objective.summarize)}
+                if evaluating:
+                    record = {"step": step, **evaluate(eval_step, state.params, val_batches,
+                                                        objective.summarize)}
                     result.evals.append(record)
                     _append_jsonl(metrics_path, record)
                     bar.write(f"step {step}: " + format_metrics(record))
-                    window_start = time.perf_counter()  # tokens/s counts training only
-                if step % tc.checkpoint_every == 0 or step == end or sigterm.raised:
-                    checkpointer.save(step, state, {**batches.get_state(), **identity})
-                if sigterm.raised:
+                if logging or evaluating:  # tokens/s counts training only
+                    window_start, window_steps = time.perf_counter(), 0
+                if saving:
+                    checkpointer.save(step, state, {**feed.get_state(), **saved_json})
+                if preempted:
                     bar.write(f"SIGTERM: saved checkpoint at step {step}; exiting")
                     result.interrupted = True
                     break
@@ -227,6 +271,23 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
         checkpointer.wait()
         checkpointer.close()
     return result
+
+
+def _fetch_finite(pending: list, losses: dict, checkpointer: Checkpointer) -> dict:
+    """Bring the pending steps' metrics to the host (emptying `pending`), record their losses,
+    and raise NonFiniteLossError at the first step whose loss or parameters are not finite.
+    The last step's metrics."""
+    for step, metrics in jax.device_get(pending):
+        loss = float(metrics["loss"])
+        if not (math.isfinite(loss) and metrics["params_finite"]):
+            checkpointer.wait()
+            raise NonFiniteLossError(
+                f"non-finite {'loss' if not math.isfinite(loss) else 'parameters'} at step "
+                f"{step} (loss={loss}); stopped. The last good checkpoint is step "
+                f"{checkpointer.latest_step()} in {checkpointer.directory}")
+        losses[step] = loss
+    pending.clear()
+    return metrics
 
 
 def format_metrics(record: dict) -> str:

@@ -7,6 +7,13 @@ from zoo.config import TrainConfig
 from zoo.models.stacking import LAYERS
 
 
+def schedule_settings(config: TrainConfig) -> dict:
+    """The train settings `learning_rate_schedule` reads: a resumed run that changed one would
+    jump to another learning-rate curve."""
+    return {key: getattr(config, key)
+            for key in ("steps", "learning_rate", "warmup_steps", "end_lr_ratio")}
+
+
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,

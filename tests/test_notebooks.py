@@ -17,6 +17,7 @@ import sys
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -71,8 +72,6 @@ def strip(nb) -> bool:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_on_tiny_settings(path, data_dir, tmp_path):
-    from nbclient import NotebookClient  # noqa: PLC0415
-
     if path.stem not in TINY:
         pytest.fail(f"give {path.name} tiny settings in TINY ({__file__})")
     nb = _read(path)

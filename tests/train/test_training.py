@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -110,6 +111,7 @@ def test_non_finite_loss_mid_log_window(tiny_experiment, monkeypatch):
         train(cfg, progress=False)
     assert Checkpointer(f"{cfg.train.run_dir}/checkpoints").all_steps() == [5]
     assert len(fetches) == 2  # after steps 5 and 10, not after every step
+    assert not any(t.name == "prefetch" for t in threading.enumerate())  # stopped on the error
 
 
 def test_resume_refuses_a_changed_schedule_unless_allowed(tiny_experiment):

@@ -180,7 +180,8 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
           stop_at: int | None = None, progress: bool = True,
           allow_schedule_change: bool = False) -> TrainResult:
     """Train `config`; `stop_at` ends this run early (checkpointed) at that step, as a preemption
-    would, so a later `resume=True` run can continue to `config.train.steps`."""
+    would, so a later `resume=True` run can continue to `config.train.steps`.
+    `allow_schedule_change` lets it resume under other schedule settings than the checkpoint's."""
     tc, dc = config.train, config.data
     layout = Layout.from_config(config.mesh)
     objective = build_objective(config, layout)

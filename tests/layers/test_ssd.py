@@ -50,3 +50,22 @@ def test_dt_zero_leaves_the_state_alone():
     padded = dt.at[:, 12:].set(0.0)
     _, final = ssd_chunked(x, padded, a, b, c, d, h0, chunk_size=8)
     chex.assert_trees_all_close(final, at_12, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads, groups", [(6, 1), (6, 2), (6, 3)])
+def test_chunked_gradients_equal_the_recurrence_with_grouped_heads(heads, groups):
+    """Gradients too (training runs the chunked form), with several heads reading each group's
+    B and C."""
+    x, dt, a, b, c, d, h0 = _inputs(heads + groups, 2, 21, heads, 4, groups, 8)
+    k = jax.random.split(jax.random.key(9), 2)
+    wy, wh = jax.random.normal(k[0], x.shape), jax.random.normal(k[1], h0.shape)
+
+    def loss(fn, *args):
+        y, final = fn(*args)
+        return jnp.sum(y * wy) + jnp.sum(final * wh)
+
+    args = (x, dt, a, b, c, d, h0)
+    want = jax.grad(lambda *v: loss(ssd_recurrent, *v), argnums=range(7))(*args)
+    got = jax.grad(lambda *v: loss(lambda *u: ssd_chunked(*u, chunk_size=8), *v),
+                   argnums=range(7))(*args)
+    chex.assert_trees_all_close(got, want, atol=2e-4, rtol=2e-4)

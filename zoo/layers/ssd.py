@@ -52,37 +52,43 @@ def ssd_chunked(x, dt, A, B, C, D, h0=None, chunk_size: int = 64):
 
     The sequence is padded to whole chunks with dt = 0, which leaves the state untouched
     (exp(0 * A) = 1, no input), so the final state is the state after the last real token.
+    Heads are split as [G, H / G] so B and C are read once per group, never copied per head:
+    C_i . B_j is computed G times, not H times.
     """
     bt, length, h, p = x.shape
-    n = B.shape[-1]
+    g, n = B.shape[-2:]
+    r = h // g  # heads per group
     q = min(chunk_size, length)
     pad = (-length) % q
     f32 = lambda v: jnp.pad(v.astype(jnp.float32),  # noqa: E731
                             [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2))
     chunks = lambda v: v.reshape(bt, -1, q, *v.shape[2:])  # noqa: E731
-    xc, dtc = chunks(f32(x)), chunks(f32(dt))
-    bc, cc = chunks(f32(_per_head(B, h))), chunks(f32(_per_head(C, h)))
-    cum = jnp.cumsum(dtc * A, axis=2)  # [Bt, nc, Q, H]: log-decay from the chunk start
+    # [Bt, nc, Q, G, R, ...]: head h is (group h // R, member h % R), as in _per_head.
+    xc = chunks(f32(x)).reshape(bt, -1, q, g, r, p)
+    dtc = chunks(f32(dt)).reshape(bt, -1, q, g, r)
+    bc, cc = chunks(f32(B)), chunks(f32(C))  # [Bt, nc, Q, G, N]
+    cum = jnp.cumsum(dtc * A.reshape(g, r), axis=2)  # log-decay from the chunk start
 
     # Inside each chunk: y_i = sum_{j <= i} exp(cum_i - cum_j) (C_i . B_j) dt_j x_j.
-    causal = jnp.tril(jnp.ones((q, q), bool))[None, None, :, :, None]
-    gap = jnp.where(causal, cum[:, :, :, None] - cum[:, :, None, :], -jnp.inf)  # [.., i, j, H]
-    weights = jnp.exp(gap) * jnp.einsum("bcihn,bcjhn->bcijh", cc, bc)
-    y = jnp.einsum("bcijh,bcjh,bcjhp->bcihp", weights, dtc, xc)
+    causal = jnp.tril(jnp.ones((q, q), bool))[None, None, :, :, None, None]
+    gap = jnp.where(causal, cum[:, :, :, None] - cum[:, :, None, :], -jnp.inf)  # [.., i, j, G, R]
+    weights = jnp.exp(gap) * jnp.einsum("bcign,bcjgn->bcijg", cc, bc)[..., None]
+    y = jnp.einsum("bcijgr,bcjgr,bcjgrp->bcigrp", weights, dtc, xc)
 
     # Each chunk's own contribution to the state at its end, then the states entering chunks.
     to_end = jnp.exp(cum[:, :, -1:] - cum)
-    chunk_states = jnp.einsum("bcjh,bcjh,bcjhp,bcjhn->bchpn", to_end, dtc, xc, bc)
-    chunk_decay = jnp.exp(cum[:, :, -1])  # [Bt, nc, H]
+    chunk_states = jnp.einsum("bcjgr,bcjgr,bcjgrp,bcjgn->bcgrpn", to_end, dtc, xc, bc)
+    chunk_decay = jnp.exp(cum[:, :, -1])  # [Bt, nc, G, R]
 
     def carry(state, inputs):
         own, decay = inputs
         return decay[..., None, None] * state + own, state
 
     h0 = _zero_state(x, n) if h0 is None else h0
-    final, entering = jax.lax.scan(carry, h0, (jnp.swapaxes(chunk_states, 0, 1),
-                                               jnp.swapaxes(chunk_decay, 0, 1)))
-    entering = jnp.swapaxes(entering, 0, 1)  # [Bt, nc, H, P, N]
-    y = y + jnp.einsum("bcihn,bchpn,bcih->bcihp", cc, entering, jnp.exp(cum))
+    final, entering = jax.lax.scan(carry, h0.reshape(bt, g, r, p, n),
+                                   (jnp.swapaxes(chunk_states, 0, 1),
+                                    jnp.swapaxes(chunk_decay, 0, 1)))
+    entering = jnp.swapaxes(entering, 0, 1)  # [Bt, nc, G, R, P, N]
+    y = y + jnp.einsum("bcign,bcgrpn,bcigr->bcigrp", cc, entering, jnp.exp(cum))
     y = y.reshape(bt, -1, h, p)[:, :length] + D[:, None] * x.astype(jnp.float32)
-    return y.astype(x.dtype), final
+    return y.astype(x.dtype), final.reshape(bt, h, p, n)

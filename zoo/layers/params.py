@@ -4,9 +4,52 @@ Logical names ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm")
 mesh axes by sharding rules; the layers only say what each dimension *is*.
 """
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_MATMUL = (((1,), (0,)), ((), ()))  # x [N, K] . w [K, M]
+
+
+@jax.custom_vjp
+def _low_precision_matmul(x, w):
+    return jax.lax.dot_general(x, w, _MATMUL, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _low_precision_matmul_fwd(x, w):
+    return _low_precision_matmul(x, w), (x, w)
+
+
+def _low_precision_matmul_bwd(residuals, g):
+    """dx = g w^T accumulated in float32 (XLA:CPU's bfloat16 GEMM, AMX where the CPU has it);
+    dw = x^T g in float32: XLA:CPU has no bfloat16 GEMM contracting the token (leading) axis
+    and would upcast it anyway."""
+    x, w = residuals
+    dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x.astype(jnp.float32), g.astype(jnp.float32),
+                             (((0,), (0,)), ((), ())))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+
+
+def token_dot(x, kernel, dimension_numbers, precision=None):
+    """`DenseGeneral`'s dot_general for TokenDense: x [N, *in] . kernel [*in, *out] as one 2-D
+    GEMM. In bfloat16/float16 it accumulates in float32 and rounds the result once: XLA:CPU runs
+    a bfloat16 GEMM with a float32 result several times faster than one with a bfloat16 result
+    (bench/train_step.py), and autodiff of the plain dot would give the bfloat16-result kind."""
+    (contract, _), _ = dimension_numbers
+    n, k = x.shape[0], math.prod(x.shape[1:])
+    x2, w2 = x.reshape(n, k), kernel.reshape(k, -1)
+    if jnp.dtype(x.dtype).itemsize < 4:
+        y = _low_precision_matmul(x2, w2)
+    else:
+        y = jax.lax.dot_general(x2, w2, _MATMUL, precision=precision)
+    return y.reshape(n, *kernel.shape[len(contract):])
 
 
 class TokenDense(nn.DenseGeneral):
@@ -26,7 +69,7 @@ def dense(features, axes: Sequence[str], *, dtype, param_dtype, init_std, name, 
     outputs)."""
     init = nn.with_logical_partitioning(nn.initializers.normal(init_std), tuple(axes))
     return TokenDense(features, axis=tuple(range(-in_axes, 0)), use_bias=False, dtype=dtype,
-                      param_dtype=param_dtype, kernel_init=init, name=name)
+                      param_dtype=param_dtype, kernel_init=init, dot_general=token_dot, name=name)
 
 
 def rms_norm(eps: float, *, dtype, param_dtype, name):

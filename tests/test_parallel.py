@@ -1,7 +1,9 @@
 """Sharding over a mesh changes no numbers. On 8 simulated CPU devices (a subprocess, since the
 device count is fixed when jax starts), for every model family: training steps with the state
 and batch sharded over data / fsdp / tensor meshes give the single-device losses and params, and
-sharded AR and speculative decoding give the unsharded tokens."""
+sharded AR and speculative decoding give the unsharded tokens. A scanned, rematerialised hybrid
+does too: its stacked params shard like per-layer ones (the layer axis replicated), and decode
+from its checkpoint read back per layer onto the mesh."""
 
 import dataclasses
 import json
@@ -24,13 +26,16 @@ import json, sys, tempfile
 import jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, "tests")
 from conftest import tiny_model_config, tiny_ssm_config, loud_ssm_params
+from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
 from zoo.config import MeshConfig, TrainConfig
 from zoo.data.tokenizer import PAD_ID
 from zoo.decode import ar, speculative
 from zoo.decode.drafters import TokenRecycling
 from zoo.models import build_model
+from zoo.models.stacking import stack_layers, unstack_layers
 from zoo.parallel import Layout
+from zoo.runs import load_run
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer
 from zoo.train.steps import StepShardings, init_state, make_train_step
 
@@ -42,6 +47,9 @@ CONFIGS = {
     "transformer": tiny_model_config(n_heads=8, n_kv_heads=8),
     "mamba2": tiny_ssm_config("mamba2", ssm_heads=8, ssm_head_dim=8),
     "hybrid": tiny_ssm_config("hybrid", ssm_heads=8, ssm_head_dim=8, n_heads=8, n_kv_heads=8),
+    "hybrid_scanned": tiny_ssm_config("hybrid", n_layers=4, layer_pattern="mama", ssm_heads=8,
+                                      ssm_head_dim=8, n_heads=8, n_kv_heads=8, scan_layers=True,
+                                      remat="full"),
 }
 train_config = TrainConfig(steps=10, warmup_steps=2, learning_rate=3e-3)
 tx, schedule = make_optimizer(train_config), learning_rate_schedule(train_config)
@@ -52,6 +60,16 @@ prompts = [[1, 2, 3, 1, 2], [4, 5, 6, 7]]
 out = {"devices": len(jax.devices()), "loss_diff": {}, "param_diff": {}, "tokens_equal": {},
        "errors": {}, "restored": {}}
 saved = None
+
+
+def saved_run(config, params):  # a run directory holding `params` as its one checkpoint
+    run = tempfile.mkdtemp()
+    config_lib.save(config_lib.ExperimentConfig(model=config), run + "/config.yaml")
+    checkpointer = Checkpointer(run + "/checkpoints", async_save=False)
+    checkpointer.save(STEPS, {"params": params}, {})
+    checkpointer.close()
+    return run
+
 for family, config in CONFIGS.items():
     model = build_model(config)
     make = lambda: init_state(model, tx, jax.random.key(0))
@@ -94,8 +112,15 @@ for family, config in CONFIGS.items():
             checkpointer.save(STEPS, state, {})
             checkpointer.close()
         if sizes == (2, 2, 2):
-            params = want_params if family == "transformer" else loud_ssm_params(want_params)
-            sharded = jax.device_put(params, shardings.state.params)
+            params = unstack_layers(want_params, config) if config.scan_layers else want_params
+            params = params if family == "transformer" else loud_ssm_params(params)
+            if config.scan_layers:  # a stacked checkpoint, read back per layer onto the mesh
+                stacked = jax.device_put(stack_layers(params, config), shardings.state.params)
+                out["stacked_spec"] = list(
+                    stacked["layers"]["block_1"]["attn"]["q"]["kernel"].sharding.spec)
+                sharded = load_run(saved_run(config, stacked), layout=layout)[1]
+            else:
+                sharded = jax.device_put(params, shardings.state.params)
             drafter = TokenRecycling(config.vocab_size)
             kw = dict(max_new_tokens=8, eos_id=-1, pad_id=PAD_ID)
             a = ar.generate(model, params, prompts, **kw)
@@ -145,7 +170,7 @@ def eight_devices():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("family", ["transformer", "mamba2", "hybrid"])
+@pytest.mark.parametrize("family", ["transformer", "mamba2", "hybrid", "hybrid_scanned"])
 @pytest.mark.parametrize("sizes", MESHES, ids=lambda s: "data%d_fsdp%d_tensor%d" % s)
 def test_sharded_training_equals_single_device(eight_devices, family, sizes):
     assert eight_devices["devices"] == 8
@@ -161,10 +186,16 @@ def test_import_places_params_and_moments_on_their_shards(eight_devices):
     assert placed["moment_like_param"] and placed["params_equal"]
 
 
-@pytest.mark.parametrize("family", ["transformer", "mamba2", "hybrid"])
+@pytest.mark.parametrize("family", ["transformer", "mamba2", "hybrid", "hybrid_scanned"])
 def test_sharded_decoding_gives_the_unsharded_tokens(eight_devices, family):
     """AR and speculative (Token Recycling tree) decoding on data=2 x fsdp=2 x tensor=2."""
     assert eight_devices["tokens_equal"][family]
+
+
+def test_stacked_params_shard_like_per_layer_ones(eight_devices):
+    """The q kernel [layers, embed, heads, head_dim] on data=2 x fsdp=2 x tensor=2: every
+    device holds all layers of its shard."""
+    assert eight_devices["stacked_spec"] == [None, "fsdp", "tensor", None]
 
 
 def test_checkpoints_restore_resharded_onto_another_mesh(eight_devices):

@@ -23,7 +23,7 @@ from zoo.models.stacking import LAYERS, unstack_layers
 from zoo.parallel import Layout
 
 
-def _saved_stacked(checkpointer: Checkpointer, step: int) -> bool:
+def saved_stacked(checkpointer: Checkpointer, step: int) -> bool:
     """Whether the params saved at `step` are stacked (read from the tree's metadata only)."""
     path = ocp.step.find_step_path(checkpointer.directory, ocp.step.standard_name_format(),
                                    step=step)
@@ -55,7 +55,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None,
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
-        stacked = config.heads.kind == "none" and step is not None and _saved_stacked(
+        stacked = config.heads.kind == "none" and step is not None and saved_stacked(
             checkpointer, step)
         saved = dataclasses.replace(config.model, scan_layers=stacked)
         trained = (build_model(saved) if config.heads.kind == "none"

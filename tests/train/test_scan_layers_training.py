@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 from zoo import config as config_lib
 from zoo.export import hf
 from zoo.export.convert import export_run, import_hf
-from zoo.runs import _saved_stacked, load_run
+from zoo.runs import saved_stacked, load_run
 from zoo.checkpoint import Checkpointer
 from zoo.train.loop import train
 
@@ -22,7 +22,7 @@ SCANNED = ("model.scan_layers=true", "model.remat=dots_with_no_batch_dims_saveab
 def _stacked(run_dir) -> bool:
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
-        return _saved_stacked(checkpointer, checkpointer.latest_step())
+        return saved_stacked(checkpointer, checkpointer.latest_step())
     finally:
         checkpointer.close()
 

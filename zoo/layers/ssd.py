@@ -9,8 +9,10 @@ Per head h, with scalar A_h < 0 and step dt_t > 0 (see ALGORITHMS.md section 5):
 `ssd_recurrent` runs that loop token by token (the definition, O(L) sequential steps).
 `ssd_chunked` is what training and prefill use: inside a chunk of Q tokens the recurrence is the
 masked quadratic form Y = (L o C B^T)(dt X) with L[i, j] = exp(sum of dt A over (j, i]); across
-chunks only the [P, N] state is carried. Both work in float32 and return the final state, so a
-prefill hands the decoder exactly the state the recurrence would have reached.
+chunks only the [P, N] state is carried, by a loop unrolled over the (few) chunks: XLA:CPU runs
+it faster than a lax.scan, which copies the carried state every step.
+Both work in float32 and return the final state, so a prefill hands the decoder exactly the
+state the recurrence would have reached.
 
 Shapes: x [Bt, L, H, P]; dt [Bt, L, H]; A, D [H]; B, C [Bt, L, G, N] shared by the H / G heads of
 a group; h0 [Bt, H, P, N] (default zeros).
@@ -80,15 +82,13 @@ def ssd_chunked(x, dt, A, B, C, D, h0=None, chunk_size: int = 64):
     chunk_states = jnp.einsum("bcjgr,bcjgr,bcjgrp,bcjgn->bcgrpn", to_end, dtc, xc, bc)
     chunk_decay = jnp.exp(cum[:, :, -1])  # [Bt, nc, G, R]
 
-    def carry(state, inputs):
-        own, decay = inputs
-        return decay[..., None, None] * state + own, state
-
-    h0 = _zero_state(x, n) if h0 is None else h0
-    final, entering = jax.lax.scan(carry, h0.reshape(bt, g, r, p, n),
-                                   (jnp.swapaxes(chunk_states, 0, 1),
-                                    jnp.swapaxes(chunk_decay, 0, 1)))
-    entering = jnp.swapaxes(entering, 0, 1)  # [Bt, nc, G, R, P, N]
+    state = (_zero_state(x, n) if h0 is None else h0).reshape(bt, g, r, p, n)
+    entering = []
+    for c in range(chunk_states.shape[1]):
+        entering.append(state)
+        state = chunk_decay[:, c, ..., None, None] * state + chunk_states[:, c]
+    final = state
+    entering = jnp.stack(entering, axis=1)  # [Bt, nc, G, R, P, N]
     y = y + jnp.einsum("bcign,bcgrpn,bcigr->bcigrp", cc, entering, jnp.exp(cum))
     y = y.reshape(bt, -1, h, p)[:, :length] + D[:, None] * x.astype(jnp.float32)
     return y.astype(x.dtype), final.reshape(bt, h, p, n)

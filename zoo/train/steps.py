@@ -78,14 +78,17 @@ def token_losses(model, params, batch, block_size: int = 1):
     return losses, batch["targets"] != PAD_ID
 
 
+def mean_token_loss(model, params, batch, block_size: int = 1):
+    """The training loss: mean cross-entropy over the real targets."""
+    losses, mask = token_losses(model, params, batch, block_size)
+    return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
+
+
 def make_train_step(model, tx, schedule, shardings: StepShardings | None = None,
                     block_size: int = 1):
-    def loss_fn(params, batch):
-        losses, mask = token_losses(model, params, batch, block_size)
-        return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
-
     def train_step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        loss, grads = jax.value_and_grad(
+            lambda params: mean_token_loss(model, params, batch, block_size))(state.params)
         return apply_gradients(state, loss, grads, tx, schedule)
 
     return jit_train_step(train_step, shardings)

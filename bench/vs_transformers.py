@@ -18,16 +18,15 @@ import argparse
 import pathlib
 import sys
 import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
+from common import (machine, markdown_table, median_seconds, train_step_rates,  # noqa: E402
+                    write_result)
 
 from launch.drafter_factory import ensure_trained, make_drafter  # noqa: E402
 from zoo import config as config_lib  # noqa: E402
@@ -38,8 +37,6 @@ from zoo.decode.sampling import Sampler  # noqa: E402
 from zoo.export.convert import export_run  # noqa: E402
 from zoo.models import build_model  # noqa: E402
 from zoo.runs import load_run  # noqa: E402
-from zoo.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from zoo.train.steps import init_state, make_train_step  # noqa: E402
 
 CODE_REF = "configs/experiments/code_ref.yaml"
 DRAFT = "configs/experiments/code_draft.yaml"
@@ -59,43 +56,6 @@ def hf_generate(model, prompts, n, **kwargs) -> np.ndarray:
 def timed(fn, repeats):
     out = fn()  # compile / warm up
     return out, median_seconds(fn, repeats=repeats, warmup=0)
-
-
-def train_step_rates(config, repeats) -> tuple[float, float]:
-    """Training tokens/s of one AdamW step, zoo (jitted) and PyTorch (eager, same model)."""
-    dc = config.data
-    tokens = np.random.default_rng(0).integers(0, 256, (dc.batch_size, dc.seq_len + 1))
-    model = build_model(config.model)
-    tx = make_optimizer(config.train)
-    step = make_train_step(model, tx, learning_rate_schedule(config.train))
-    state = [init_state(model, tx, jax.random.key(0))]
-    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
-
-    def zoo_step():
-        state[0], metrics = step(state[0], batch)
-        jax.block_until_ready(metrics)
-
-    zoo_s = median_seconds(zoo_step, repeats=repeats, warmup=2)
-    with tempfile.TemporaryDirectory() as tmp:
-        from zoo.export import hf, llama
-        hf.write(tmp, llama.hf_config(config.model), llama.tensor_map(config.model),
-                 model.init(jax.random.key(0)))
-        torch_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-    torch_model.train()
-    opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-4)
-    inputs, targets = torch.tensor(tokens[:, :-1]), torch.tensor(tokens[:, 1:])
-
-    def torch_step():
-        loss = torch.nn.functional.cross_entropy(
-            torch_model(inputs).logits.flatten(0, 1), targets.flatten())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
-        opt.step()
-
-    torch_s = median_seconds(torch_step, repeats=repeats, warmup=2)
-    n = dc.batch_size * dc.seq_len
-    return n / zoo_s, n / torch_s
 
 
 def ar_only(config_path: str, batches, n: int, repeats: int) -> None:

@@ -205,7 +205,7 @@ def main(argv=None):
     torch_f32 = {r["config"]: r["tokens_per_s"] for r in rows if r["what"] == "torch float32"}
     table_rows = []
     for r in rows:
-        peak = peaks["xla bfloat16" if r["dtype"] == "bfloat16" else "xla float32"]
+        peak = peaks[f"{r['what'].split()[0].replace('zoo', 'xla')} {r['dtype']}"]
         r["matmul_utilisation"] = r["step_gflop_per_s"] / peak
         base = torch_f32.get(r["config"])
         table_rows.append([r["config"], r["what"], f"{r['tokens_per_s']:,.0f}",
@@ -219,9 +219,9 @@ def main(argv=None):
                            "CPU s/step", "GFLOP/step", "GFLOP/s", "of matmul peak"],
                            table_rows), "",
            "Matmul peak, one 2048^3 matmul (GFLOP/s): " + ", ".join(
-               f"{k} {v:.0f}" for k, v in peaks.items()) + ". bfloat16 rows are measured "
-           "against the XLA bfloat16 peak, float32 rows against the XLA float32 one; GFLOP/step "
-           "is XLA's cost analysis of zoo's float32 step, used for every row.", "",
+               f"{k} {v:.0f}" for k, v in peaks.items()) + ". Each row is measured against its own "
+           "side's peak in its dtype (zoo: XLA, torch: PyTorch); GFLOP/step is XLA's cost "
+           "analysis of zoo's float32 step, used for every row.", "",
            "## Where code_ref's float32 step goes", "",
            markdown_table(["phase", "s", "share of step"],
                           [["forward", f"{phases['forward']:.3f}",

@@ -9,6 +9,10 @@ the number of distinct blocks XLA sees, not their width. For 4, 16 and 32 layers
 fresh compiles). At 16 layers, each remat setting (none, full, dots_with_no_batch_dims_saveable)
 gives the compiled step's temporaries (`memory_analysis().temp_size_in_bytes`: activations
 kept for the backward pass and scratch, not the params or optimizer state) and its step time.
+
+Read on XLA:CPU (bench/results/scan_layers.md): remat cuts the temporaries only when scanned;
+unrolled, the step recomputes (it is slower) but keeps about as much, as if the recomputation
+were scheduled early, next to the forward. The scan's backward loop forces the order.
 """
 
 import argparse

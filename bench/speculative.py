@@ -153,6 +153,9 @@ def main(argv=None):
                              f"{tps:,.0f}", f"{ar_tps:,.0f}", f"{tps / ar_tps:.2f}x",
                              {True: "yes", False: "NO", None: "—"}[exact], f"{distinct:.2f}"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
+                # Every row compiles its own loops (and a calibration several more): without
+                # this, the process runs out of memory mappings (vm.max_map_count) in LLVM.
+                jax.clear_caches()
     table = markdown_table(["drafter", "tree", "batch", "temp", "τ", "tokens/s", "AR tokens/s",
                             "speedup", "= AR", "AR distinct 4-grams"], rows)
     table += (f"\n\nTarget {config.name} ({weight_mb:.0f} MB of float32 weights), "

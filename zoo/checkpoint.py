@@ -56,6 +56,18 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(
             data=ocp.args.JsonRestore()))["data"]
 
+    def params_stacked(self, step: int | None = None) -> bool:
+        """Whether the params saved at `step` (default latest) are in the scanned layout
+        (`zoo.models.stacking`: block params stacked under "layers"), read from the tree's
+        metadata only."""
+        path = ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(),
+                                       step=self._step(step))
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            return "layers" in handler.metadata(path / "state")["params"]
+        finally:
+            handler.close()
+
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
         """Only the parameters of the train state at `step` (default latest), onto
         `abstract_params`' structure, shapes, dtypes and shardings: what generation and export

@@ -12,7 +12,6 @@ import dataclasses
 import pathlib
 
 import jax
-import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from zoo import config as config_lib
@@ -21,17 +20,6 @@ from zoo.models import build_model
 from zoo.models.heads import build_heads
 from zoo.models.stacking import LAYERS, unstack_layers
 from zoo.parallel import Layout
-
-
-def saved_stacked(checkpointer: Checkpointer, step: int) -> bool:
-    """Whether the params saved at `step` are stacked (read from the tree's metadata only)."""
-    path = ocp.step.find_step_path(checkpointer.directory, ocp.step.standard_name_format(),
-                                   step=step)
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        return LAYERS in handler.metadata(path / "state")["params"]
-    finally:
-        handler.close()
 
 
 def _shardings(trained, layout: Layout | None):
@@ -55,8 +43,8 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None,
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
-        stacked = config.heads.kind == "none" and step is not None and saved_stacked(
-            checkpointer, step)
+        stacked = (config.heads.kind == "none" and step is not None
+                   and checkpointer.params_stacked(step))
         saved = dataclasses.replace(config.model, scan_layers=stacked)
         trained = (build_model(saved) if config.heads.kind == "none"
                    else build_heads(config.heads, config.model))

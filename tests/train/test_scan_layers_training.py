@@ -4,15 +4,16 @@ the run's config names now."""
 
 import jax
 import numpy as np
+import pytest
 import yaml
 from safetensors.numpy import load_file
 
 from zoo import config as config_lib
 from zoo.export import hf
 from zoo.export.convert import export_run, import_hf
-from zoo.runs import saved_stacked, load_run
+from zoo.runs import load_run
 from zoo.checkpoint import Checkpointer
-from zoo.train.loop import train
+from zoo.train.loop import ResumeError, train
 
 STEPS = ("train.steps=4", "train.warmup_steps=1", "train.eval_every=4",
          "train.checkpoint_every=4")
@@ -22,7 +23,7 @@ SCANNED = ("model.scan_layers=true", "model.remat=dots_with_no_batch_dims_saveab
 def _stacked(run_dir) -> bool:
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
-        return saved_stacked(checkpointer, checkpointer.latest_step())
+        return checkpointer.params_stacked()
     finally:
         checkpointer.close()
 
@@ -46,6 +47,10 @@ def test_scanned_run_trains_loads_exports_and_imports_like_an_unrolled_one(tiny_
     np.testing.assert_allclose([got.losses[s] for s in range(1, 5)],
                                [want.losses[s] for s in range(1, 5)], rtol=2e-5)
     assert not _stacked(tmp_path / "unrolled") and _stacked(tmp_path / "scanned")
+    # Training does not continue across layouts (the optimizer state is laid out like the params).
+    with pytest.raises(ResumeError, match="per-layer but model.scan_layers=True"):
+        train(tiny_experiment(*STEPS, *SCANNED, f"train.run_dir={tmp_path / 'unrolled'}"),
+              resume=True, progress=False)
 
     # load_run gives per-layer params from either checkpoint, under either config.
     _, params = load_run(tmp_path / "unrolled")

@@ -199,6 +199,15 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                               "choose another train.run_dir")
     if resuming:  # before the run's config.yaml is replaced
         check_resumable(checkpointer.data_state(), config, allow_schedule_change)
+        if config.heads.kind == "none" and (
+                checkpointer.params_stacked() != config.model.scan_layers):
+            layout = {True: "scanned (stacked)", False: "per-layer"}
+            raise ResumeError(
+                f"cannot resume: the checkpoint's params are "
+                f"{layout[checkpointer.params_stacked()]} but model.scan_layers="
+                f"{config.model.scan_layers} trains {layout[config.model.scan_layers]} params; "
+                "resume with the checkpoint's model.scan_layers, or start a new run from it "
+                "(zoo.runs.load_run reads either layout)")
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_lib.dumps(config))

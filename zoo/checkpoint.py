@@ -11,6 +11,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
+from zoo.models.stacking import LAYERS
+
 
 class Checkpointer:
     def __init__(self, directory: str | epath.PathLike, keep: int = 3, async_save: bool = True):
@@ -64,7 +66,7 @@ class Checkpointer:
                                        step=self._step(step))
         handler = ocp.PyTreeCheckpointHandler()
         try:
-            return "layers" in handler.metadata(path / "state")["params"]
+            return LAYERS in handler.metadata(path / "state")["params"]
         finally:
             handler.close()
 

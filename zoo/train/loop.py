@@ -199,12 +199,12 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                               "choose another train.run_dir")
     if resuming:  # before the run's config.yaml is replaced
         check_resumable(checkpointer.data_state(), config, allow_schedule_change)
-        if config.heads.kind == "none" and (
-                checkpointer.params_stacked() != config.model.scan_layers):
+        stacked = config.heads.kind == "none" and checkpointer.params_stacked()
+        if config.heads.kind == "none" and stacked != config.model.scan_layers:
             layout = {True: "scanned (stacked)", False: "per-layer"}
             raise ResumeError(
                 f"cannot resume: the checkpoint's params are "
-                f"{layout[checkpointer.params_stacked()]} but model.scan_layers="
+                f"{layout[stacked]} but model.scan_layers="
                 f"{config.model.scan_layers} trains {layout[config.model.scan_layers]} params; "
                 "resume with the checkpoint's model.scan_layers, or start a new run from it "
                 "(zoo.runs.load_run reads either layout)")

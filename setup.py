@@ -1,7 +1,11 @@
 from setuptools import find_packages, setup
 
-# What notebooks/ needs to draw (matplotlib) and what runs them outside Jupyter (the tests).
+# Extras by use: install what the use needs (`pip install -e ".[export]"`); `[test]` is all of
+# them, since the suite checks exports against transformers and executes the notebooks.
+# notebooks/: drawing (matplotlib) and running them outside Jupyter (nbclient, ipykernel).
 NOTEBOOKS = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
+# zoo-export / zoo-import checked against, and handed to, PyTorch + transformers.
+EXPORT = ["torch==2.13.0", "transformers>=5.0,<6"]
 
 setup(
     name="zoo",
@@ -29,12 +33,18 @@ setup(
         "psutil>=5.9",
         "safetensors>=0.4",
         "pillow>=10",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "tokenizers>=0.20",  # Hugging Face tokenizers for imported models and their runs
     ],
-    # torch + transformers are the reference the export tests check zoo's logits against; the
-    # tests also execute the notebooks.
-    extras_require={"test": ["pytest>=8", "scipy>=1.12", "torch==2.13.0", "transformers>=5.0,<6",
-                             *NOTEBOOKS],
-                    "notebooks": NOTEBOOKS},
+    extras_require={
+        "export": EXPORT,
+        "notebooks": NOTEBOOKS,
+        # Accelerators: the jax build with its runtime (libtpu / CUDA); kernels/ picks Mosaic on
+        # TPU and Triton on GPU.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+        "test": ["pytest>=8", "scipy>=1.12", *EXPORT, *NOTEBOOKS],
+    },
     entry_points={"console_scripts": [
         "zoo-train=launch.train:main",
         "zoo-generate=launch.generate:main",

@@ -15,7 +15,7 @@ import os
 import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from zoo.config import MESH_AXES, MeshConfig
 
@@ -54,11 +54,7 @@ def make_mesh(config: MeshConfig, devices=None) -> Mesh:
     process holds follows from the mesh: `jax.make_array_from_process_local_data` places each
     process's rows on its own devices."""
     devices = jax.devices() if devices is None else devices
-    slices = math.prod(dcn_shape(config))
-    if len(devices) % slices:
-        raise ShardingError(f"{len(devices)} devices do not split into {slices} slices "
-                            f"(mesh.dcn_* sizes {dcn_shape(config)})")
-    shape = mesh_shape(config, len(devices) // slices)
+    shape, slices = _slice_shape(config, len(devices))
     if slices == 1:
         return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True),
                     MESH_AXES)
@@ -66,6 +62,22 @@ def make_mesh(config: MeshConfig, devices=None) -> Mesh:
         shape, dcn_shape(config), devices,
         process_is_granule=len({getattr(d, "slice_index", 0) for d in devices}) == 1)
     return Mesh(grid, MESH_AXES)
+
+
+def _slice_shape(config: MeshConfig, n_devices: int) -> tuple[tuple[int, ...], int]:
+    """(the mesh sizes within one slice, the number of slices) for `n_devices` devices."""
+    slices = math.prod(dcn_shape(config))
+    if n_devices % slices:
+        raise ShardingError(f"{n_devices} devices do not split into {slices} slices "
+                            f"(mesh.dcn_* sizes {dcn_shape(config)})")
+    return mesh_shape(config, n_devices // slices), slices
+
+
+def abstract_mesh(config: MeshConfig, n_devices: int) -> AbstractMesh:
+    """The shape of the mesh `make_mesh` builds over `n_devices` devices, with no devices: what
+    sizing a pod's run needs (shardings' shard shapes) on a machine that is not the pod."""
+    shape, _ = _slice_shape(config, n_devices)
+    return AbstractMesh(tuple(s * d for s, d in zip(shape, dcn_shape(config))), MESH_AXES)
 
 
 def rules(config: MeshConfig) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
@@ -87,12 +99,18 @@ class Layout:
     """Where every named array dimension lives on `mesh`. Hashable: models carry it as a static
     field, so a jitted function traced for one layout is never reused for another."""
 
-    mesh: Mesh
+    mesh: Mesh | AbstractMesh
     rules: tuple
 
     @classmethod
     def from_config(cls, config: MeshConfig, devices=None) -> "Layout":
         return cls(make_mesh(config, devices), rules(config))
+
+    @classmethod
+    def abstract(cls, config: MeshConfig, n_devices: int) -> "Layout":
+        """The layout of `n_devices` devices that need not exist: its shardings give shard
+        shapes (for sizing) but place nothing."""
+        return cls(abstract_mesh(config, n_devices), rules(config))
 
     def axis_size(self, axes) -> int:
         return math.prod(self.mesh.shape[a] for a in _as_tuple(axes))

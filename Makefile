@@ -39,6 +39,7 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/next_block.py  # trains its five models once (~50 min)
 	$(BIN)/python bench/diffusion.py   # trains two diffusion models and their AR judge once (~90 min)
 	$(BIN)/python bench/extend_cost.py
+	$(BIN)/python bench/charts.py      # every chart again, and the targets' loss curves
 
 clean:
 	rm -rf runs .pytest_cache

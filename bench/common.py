@@ -44,10 +44,25 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_result(name: str, payload: dict, table: str) -> pathlib.Path:
+    """Write `name`.json and `name`.md to bench/results, then the result's chart (`name`.png,
+    bench/charts.py) when it has one; the JSON's path."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(table + "\n")
+    if __package__:  # imported as bench.common (from the repository root)
+        from bench import charts  # noqa: PLC0415
+    else:  # imported as common (bench/ on sys.path, as the benchmarks run)
+        import charts  # noqa: PLC0415
+    try:  # drawn from the JSON as saved (keys made strings), as `python bench/charts.py` does
+        chart = charts.draw(name, json.loads(path.read_text()), RESULTS)
+    except ModuleNotFoundError as e:  # without matplotlib, keep the results written above
+        if e.name != "matplotlib":
+            raise
+        print(f"no chart for {name}: matplotlib is not installed (pip install -e .[notebooks])")
+    else:
+        if chart:
+            print(f"wrote {chart}")
     return path
 
 

@@ -5,8 +5,8 @@
 `common.write_result` draws a result's chart beside its JSON and Markdown (`<name>.png`) whenever
 a benchmark writes them; this script redraws them all without re-running anything (the
 benchmarks take hours), plus the training loss of the speculative benchmark's targets.
-Each chart function takes a results dict and a path, saves a ~100 dpi PNG there and returns the
-figure. matplotlib's object API (no pyplot) keeps drawing free of global figure state.
+Each chart function takes a results dict (`losses`: run folders) and a path, saves a ~100 dpi PNG
+there and returns the figure. matplotlib's object API (no pyplot) keeps drawing free of global figure state.
 """
 
 import argparse

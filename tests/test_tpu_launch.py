@@ -235,3 +235,23 @@ def test_a_failed_describe_names_the_step(gcloud, monkeypatch, capsys):
     assert pod.main(["status", *SLICE, "--gcloud", fake]) == 1
     err = capsys.readouterr().err
     assert "step 'status' failed (exit 1): fake gcloud: describe failed" in err
+
+
+def test_tpu_devices_per_type():
+    assert [pod.tpu_devices(t) for t in ("v5litepod-8", "v6e-256", "v5p-512", "v4-8", "v3-32")] \
+        == [8, 256, 256, 4, 32]
+    with pytest.raises(ValueError, match="'v5p'"):
+        pod.tpu_devices("v5p")
+
+
+def test_up_sizes_the_config_on_the_slice_first(capsys, archive_dir):
+    assert pod.main(["up", *SLICE, "--dry-run", "--accelerator-type", "v5litepod-16",
+                     "--config", CONFIG, GCS, "mesh.data=-1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{TPU_VM} create")
+    assert "# code_small: transformer" in err and "(16 devices)" in err
+    # A config that does not divide over the slice's chips is refused before anything runs.
+    assert pod.main(["up", *SLICE, "--dry-run", "--config", CONFIG, GCS, "mesh.data=1",
+                     "mesh.tensor=16"]) == 2  # v5litepod-8: 8 chips, the mesh asks for 16
+    out, err = capsys.readouterr()
+    assert out == "" and "mesh" in err and "16" in err and "v5litepod-8" in err

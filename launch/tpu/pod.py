@@ -10,7 +10,9 @@
 
 Training always runs with --resume, so running `train` (or `up`) again after a stop or a
 preemption continues from the latest checkpoint. Every subcommand takes --dry-run: print the
-commands, one shell line each, and run nothing.
+commands, one shell line each, and run nothing. `up` first sizes the config on the slice's
+chips (`zoo-train --dry-run --devices N`, on stderr, in seconds and without the chips), so a
+config that does not divide over the slice is refused before a slice is created.
 """
 
 import argparse
@@ -60,6 +62,36 @@ class Slice:
         return self.tpu_vm("ssh", self.name, f"--worker={worker}", extra=("--command", command))
 
 
+# TPU types name v2/v3/v4/v5p slices by TensorCores (two per chip) and v5e/v6e slices by chips.
+# JAX has a device per core on v2/v3 and per chip from v4 on (v4/v5p "megacore" joins a chip's two
+# cores), so its device count is the number in the name except on v4 and v5p, where it is half.
+HALVED_TPU_NAMES = ("v4", "v5p")
+
+
+def tpu_devices(accelerator_type: str) -> int:
+    """JAX devices of a TPU type, e.g. v5litepod-64 -> 64, v5p-512 -> 256, v4-8 -> 4."""
+    generation, _, count = accelerator_type.rpartition("-")
+    if not generation or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"--accelerator-type {accelerator_type!r}: expected a TPU type like "
+                         "v5litepod-8, v5p-512 or v6e-256")
+    return int(count) // (2 if generation in HALVED_TPU_NAMES else 1)
+
+
+def size_on_slice(args) -> None:
+    """Print (stderr) what the config needs per chip of the slice; SizingFailed if it cannot run
+    there (a dimension that does not divide, a bad config)."""
+    from zoo import config as config_lib  # jax comes with sizing: only for `up`
+    from zoo.train import sizing
+
+    try:
+        devices = tpu_devices(args.accelerator_type)
+        config = config_lib.load(args.config, args.overrides)
+        report = sizing.report(config, sizing.size(config, devices=devices))
+    except (ValueError, FileNotFoundError) as e:  # ConfigError and ShardingError among them
+        raise StepFailed(f"sizing {args.config} on {args.accelerator_type}: {e}", 2) from None
+    print("\n".join(f"# {line}" for line in report.splitlines()), file=sys.stderr, flush=True)
+
+
 def archive_path(name: str) -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / f"zoo-{name}.tar.gz"
 
@@ -100,6 +132,7 @@ def train_steps(args) -> list[Step]:
 
 
 def up_steps(args) -> list[Step]:
+    size_on_slice(args)
     return create_steps(args) + install_steps(args) + train_steps(args)
 
 

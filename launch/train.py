@@ -5,6 +5,11 @@
 A resumed run keeps the checkpoint's train.steps and learning-rate schedule unless given
 --allow-schedule-change. SIGTERM checkpoints and exits (every process at the same step).
 
+Metrics go to <run_dir>/metrics.jsonl and, as TensorBoard scalars (train/loss, train/grad_norm,
+train/learning_rate, train/tokens_per_s, val/loss, val/bits_per_byte, ...), to
+<run_dir>/tensorboard: `tensorboard --logdir <run_dir>/tensorboard`, where --profile-steps
+traces also open (the Profile tab).
+
 Every process of a multi-host run (a TPU pod slice, `launch/local_pod.py`) runs the same
 command with --distributed.
 """
@@ -28,6 +33,9 @@ def main(argv=None) -> int:
                              "settings other than the checkpoint's (refused otherwise)")
     parser.add_argument("--stop-at", type=int, default=None,
                         help="checkpoint and stop at this step (as a preemption would)")
+    parser.add_argument("--profile-steps", type=parse_steps, default=None, metavar="A:B",
+                        help="write a jax.profiler trace of train steps A to B (from 1, "
+                             "inclusive) to <run_dir>/tensorboard (TensorBoard's Profile tab)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the parameter count and per-device memory of params, "
@@ -62,7 +70,8 @@ def main(argv=None) -> int:
     try:
         result = train(config, resume=args.resume, stop_at=args.stop_at,
                        progress=not args.no_progress,
-                       allow_schedule_change=args.allow_schedule_change)
+                       allow_schedule_change=args.allow_schedule_change,
+                       profile_steps=args.profile_steps)
     except (FileNotFoundError, config_lib.ConfigError, ShardingError) as e:  # e.g. a bad
         # heads.target_run, or sizes that do not divide over the mesh
         print(f"zoo-train: {e}", file=sys.stderr)
@@ -75,6 +84,16 @@ def main(argv=None) -> int:
           + (" (SIGTERM)" if result.interrupted else "")
           + (f", {format_metrics(last)}" if last else ""), flush=True)
     return 0
+
+
+def parse_steps(text: str) -> tuple[int, int]:
+    """'A:B' -> (A, B), the type of --profile-steps (argparse names the flag); the range is
+    checked against train.steps by zoo.train.profiling.check_steps."""
+    first, _, last = text.partition(":")
+    try:
+        return int(first), int(last)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not A:B, two step numbers") from None
 
 
 def dry_run(config) -> int:

@@ -19,12 +19,12 @@ second); a process that stopped on its own flag would leave the others waiting i
 
 The state lives on the mesh of `config.mesh` (all devices of all processes), sharded by
 `zoo.parallel.Layout`; `data.batch_size` is the global batch, of which each process reads only
-its own rows. Process 0 writes the run's config, metrics and progress bar; every process takes
+its own rows. Process 0 writes the run's config, metrics (`metrics.jsonl` and TensorBoard,
+`zoo.train.metrics`), progress bar and any profile (`zoo.train.profiling`); every process takes
 part in checkpoint saves, which go wherever `train.run_dir` points (a shared disk or gs://).
 """
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -41,7 +41,9 @@ from zoo.data.packing import BatchIterator, eval_batches, load_dataset
 from zoo.data.prefetch import Prefetcher
 from zoo.models import build_model
 from zoo.parallel import Layout, ShardingError
+from zoo.train.metrics import MetricsWriter
 from zoo.train.optimizer import learning_rate_schedule, make_optimizer, schedule_settings
+from zoo.train.profiling import StepProfiler, check_steps
 from zoo.train.steps import LMObjective, StepShardings, init_state, summarize_eval
 
 
@@ -114,12 +116,6 @@ def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None =
     return HeadsObjective.from_config(config)
 
 
-def _append_jsonl(path: epath.Path, record: dict) -> None:
-    if jax.process_index() == 0:
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def data_identity(config: config_lib.ExperimentConfig) -> dict:
     """The data settings saved beside the iterator position, which only means the same batches
     under the same settings (and the same target shift: 1 token, or one block)."""
@@ -178,11 +174,14 @@ def check_resumable(data_state: dict, config: config_lib.ExperimentConfig,
 
 def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
           stop_at: int | None = None, progress: bool = True,
-          allow_schedule_change: bool = False) -> TrainResult:
+          allow_schedule_change: bool = False,
+          profile_steps: tuple[int, int] | None = None) -> TrainResult:
     """Train `config`; `stop_at` ends this run early (checkpointed) at that step, as a preemption
     would, so a later `resume=True` run can continue to `config.train.steps`.
-    `allow_schedule_change` lets it resume under other schedule settings than the checkpoint's."""
+    `allow_schedule_change` lets it resume under other schedule settings than the checkpoint's.
+    `profile_steps` (A, B): trace steps A..B with `jax.profiler` (`zoo.train.profiling`)."""
     tc, dc = config.train, config.data
+    check_steps(profile_steps, tc.steps)
     layout = Layout.from_config(config.mesh)
     objective = build_objective(config, layout)
     tx = make_optimizer(tc)
@@ -211,7 +210,6 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_lib.dumps(config))
-    metrics_path = run_dir / "metrics.jsonl"
 
     train_data, val_data = (load_dataset(dc.corpus, dc.data_dir, split, dc.seq_len,
                                          config.objective.shift, dc.is_video)
@@ -239,9 +237,13 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     window_start, window_steps = time.perf_counter(), 0
     pending = []  # (step, metrics still on the devices) since the last fetch
     try:
-        with Prefetcher(batches, to_global) as feed, _Preemption() as preemption:
+        with (Prefetcher(batches, to_global) as feed, _Preemption() as preemption,
+              MetricsWriter(run_dir, start if resuming else None) as log,
+              StepProfiler(profile_steps, log.tensorboard_dir) as profiler):
             for step in range(start + 1, end + 1):
+                profiler.before(step)
                 state, metrics = train_step(state, next(feed))
+                profiler.after(step, (state, metrics))
                 pending.append((step, metrics))
                 window_steps += 1
                 bar.update(1)
@@ -258,7 +260,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                     tok_s = window_steps * tokens_per_step / elapsed
                     loss = result.losses[step]
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-                    _append_jsonl(metrics_path, {
+                    log.write({
                         "step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(metrics["learning_rate"]),
                         "tokens_per_s": tok_s})
@@ -266,11 +268,12 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                     record = {"step": step, **evaluate(eval_step, state.params, val_batches,
                                                         objective.summarize)}
                     result.evals.append(record)
-                    _append_jsonl(metrics_path, record)
+                    log.write(record)
                     bar.write(f"step {step}: " + format_metrics(record))
                 if logging or evaluating:  # tokens/s counts training only
                     window_start, window_steps = time.perf_counter(), 0
-                if saving:
+                if saving:  # a checkpoint's steps are in the event files before it exists
+                    log.flush()
                     checkpointer.save(step, state, {**feed.get_state(), **saved_json})
                 if preempted:
                     bar.write(f"SIGTERM: saved checkpoint at step {step}; exiting")

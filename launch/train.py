@@ -15,7 +15,6 @@ command with --distributed.
 """
 
 import argparse
-import os
 import sys
 
 from zoo import config as config_lib
@@ -41,7 +40,9 @@ def main(argv=None) -> int:
                         help="print the parameter count and per-device memory of params, "
                              "optimizer state and activations on the config's mesh; train nothing")
     parser.add_argument("--devices", type=int, default=None,
-                        help="with --dry-run: size for this many simulated CPU devices")
+                        help="with --dry-run: size for a mesh of this many devices that need "
+                             "not exist (e.g. a 256-chip pod, from a laptop): exact params and "
+                             "optimizer bytes, activations estimated; nothing compiles")
     parser.add_argument("--distributed", action="store_true",
                         help="one process of a multi-host run: join the others first "
                              "(jax.distributed; see launch/local_pod.py and launch/tpu)")
@@ -52,17 +53,13 @@ def main(argv=None) -> int:
         print(f"zoo-train: config error: {e}", file=sys.stderr)
         return 2
 
-    if args.devices is not None:
-        if not args.dry_run or args.devices < 1:
-            parser.error("--devices N (N >= 1) sizes a mesh of simulated devices with --dry-run")
-        os.environ["JAX_PLATFORMS"] = "cpu"  # before the first jax import
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
-                                            f"--xla_force_host_platform_device_count={args.devices}"])
+    if args.devices is not None and (not args.dry_run or args.devices < 1):
+        parser.error("--devices N (N >= 1) sizes a mesh of N devices with --dry-run")
     if args.distributed:
         from zoo.parallel import initialize_distributed
         initialize_distributed()
     if args.dry_run:
-        return dry_run(config)
+        return dry_run(config, args.devices)
     from zoo.parallel import ShardingError  # heavy imports after validation
     from zoo.train.loop import NonFiniteLossError, ResumeError, format_metrics, train
 
@@ -96,12 +93,12 @@ def parse_steps(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not A:B, two step numbers") from None
 
 
-def dry_run(config) -> int:
+def dry_run(config, devices: int | None = None) -> int:
     from zoo.parallel import ShardingError
     from zoo.train import sizing
 
     try:
-        result = sizing.size(config)
+        result = sizing.size(config, devices=devices)
     except (ShardingError, FileNotFoundError) as e:
         print(f"zoo-train: {e}", file=sys.stderr)
         return 2

@@ -1,13 +1,16 @@
-"""Byte-level tokenizer: ids 0..255 are UTF-8 bytes, followed by four special ids.
+"""Byte-level tokenizer: ids 0..255 are UTF-8 bytes, followed by four special ids; and the
+`Tokenizer` interface that it and Hugging Face tokenizers (`zoo.data.hf_tokenizer`) share.
 
 Bytes need no trained vocabulary, cover any text, and keep the vocabulary tiny, which suits a
-model zoo whose models must train quickly on a CPU. The special ids sit above the bytes so that
-a byte's id is its value.
+model zoo whose models must train quickly on a CPU, so they stay zoo's default. The special ids
+sit above the bytes so that a byte's id is its value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Protocol
 
 import numpy as np
 
@@ -19,6 +22,25 @@ MASK_ID = 259  # the [MASK] token of masked diffusion models
 VOCAB_SIZE = 260
 
 
+class Tokenizer(Protocol):
+    """What zoo asks of a tokenizer. Ids lie in [0, vocab_size); `special_ids` are the roles the
+    tokenizer declares (bos/eos/pad/mask -> id; what an exported config.json names), while the
+    attributes are what decoding uses: eos_id None never stops a row, pad_id always fills."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int
+    mask_id: int | None
+    special_ids: Mapping[str, int]
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+
+    def encode_array(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str: ...
+
+
 class ByteTokenizer:
     """UTF-8 bytes in, UTF-8 bytes out; stateless, so one shared instance is enough."""
 
@@ -27,6 +49,7 @@ class ByteTokenizer:
     eos_id = EOS_ID
     pad_id = PAD_ID
     mask_id = MASK_ID
+    special_ids = MappingProxyType({"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID, "mask": MASK_ID})
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Returns the UTF-8 bytes of `text`, optionally wrapped in BOS/EOS."""

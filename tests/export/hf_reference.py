@@ -20,6 +20,18 @@ def torch_logits(hf_model, tokens) -> np.ndarray:
         return hf_model(torch.tensor(tokens)).logits.float().numpy()
 
 
+def random_hf_model(hf_class, hf_config, seed: int = 0):
+    """A random transformers model in eval mode whose norm scales are not all ones (transformers'
+    init), so a norm mapped wrongly shows in the logits."""
+    torch.manual_seed(seed)
+    model = hf_class(hf_config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
 def torch_greedy(hf_model, prompt, n) -> list[int]:
     with torch.no_grad():
         out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,

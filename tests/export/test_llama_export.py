@@ -17,7 +17,7 @@ from zoo.export.convert import import_hf
 from zoo.models import build_model
 
 from conftest import tiny_model_config
-from hf_reference import assert_transformers_agrees, torch_logits
+from hf_reference import assert_transformers_agrees, random_hf_model, torch_logits
 
 CONFIGS = {  # heads / KV heads / head dim / RoPE theta / tied embeddings all vary
     "gqa_untied": tiny_model_config(n_heads=4, n_kv_heads=2, rope_theta=500.0),
@@ -68,12 +68,7 @@ def test_a_transformers_model_imports_with_equal_logits(tmp_path):
         num_attention_heads=6, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 2000.0},
         tie_word_embeddings=False)
-    torch.manual_seed(0)
-    theirs = transformers.LlamaForCausalLM(hf_config).eval()
-    with torch.no_grad():  # transformers inits norms to ones; make them matter
-        for name, p in theirs.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(0.3 * torch.randn_like(p))
+    theirs = random_hf_model(transformers.LlamaForCausalLM, hf_config)
     theirs.save_pretrained(tmp_path / "hf")
     config = import_hf(tmp_path / "hf", tmp_path / "run")
     assert (config.model.n_heads, config.model.n_kv_heads, config.model.head_dim,

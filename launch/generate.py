@@ -111,13 +111,13 @@ def main(argv=None) -> int:
     import jax
 
     from launch.drafter_factory import choose_tree, make_drafter
-    from zoo.data.tokenizer import ByteTokenizer
     from zoo.decode import ar, next_block, speculative
     from zoo.decode.sampling import Sampler
     from zoo.models import build_model
-    from zoo.runs import load_run
+    from zoo.runs import load_run, tokenizer_for_run
 
-    try:
+    try:  # a text run's tokenizer is checked against its model before the params load
+        tok = None if texts is None else tokenizer_for_run(args.checkpoint)
         config, params = load_run(args.checkpoint, args.step)
         if config.heads.kind != "none":
             raise ValueError(
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         if texts is None:
             raise ValueError("give --prompt or --prompts-file (this is a text run)")
         if config.objective.kind == "masked_diffusion":
-            return _sample_diffusion(args, config, params, sampler, texts,
+            return _sample_diffusion(args, config, params, sampler, tok, texts,
                                      pick(args.seed, dc.seed), pick)
         if args.speculative and config.objective.kind != "lm":
             raise ValueError(f"--speculative verifies a next-token model; this run's objective "
@@ -156,11 +156,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"zoo-generate: {e}", file=sys.stderr)
         return 2
-    tok = ByteTokenizer()
     model = build_model(config.model, dc.kernel_backend)
     prompt_ids = [tok.encode(t, bos=True) for t in texts]
     kwargs = dict(max_new_tokens=pick(args.max_new_tokens, dc.max_new_tokens), sampler=sampler,
-                  rng=jax.random.key(pick(args.seed, dc.seed)), eos_id=tok.eos_id,
+                  rng=jax.random.key(pick(args.seed, dc.seed)), eos_id=_eos(tok),
                   pad_id=tok.pad_id)
     decoder = ar.generate
     if config.objective.kind == "next_block":
@@ -199,30 +198,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def _sample_diffusion(args, config, params, sampler, texts, seed, pick) -> int:
+def _eos(tok) -> int:
+    """The id that ends a row: the tokenizer's EOS, or -1 (never) when it has none."""
+    return -1 if tok.eos_id is None else tok.eos_id
+
+
+def _sample_diffusion(args, config, params, sampler, tok, texts, seed, pick) -> int:
     """Sample answers after the prompts from a masked diffusion run; print them with the
     number of model forwards and tokens/s."""
     import jax
 
-    from zoo.data.tokenizer import ByteTokenizer
     from zoo.decode import diffusion
     from zoo.models import build_model
 
     if args.speculative:
         raise ValueError("--speculative verifies a next-token model; this run's objective is "
                          "'masked_diffusion'")
+    if tok.mask_id is None:
+        raise ValueError(f"{args.checkpoint}'s tokenizer names no mask_token, which masked "
+                         "diffusion samples with")
     dc = config.decode
     how = diffusion.DiffusionSampler(
         steps=pick(args.steps, dc.steps), threshold=pick(args.threshold, dc.threshold),
         block_size=pick(args.block_size, dc.block_size), cache=not args.no_cache,
         sampler=sampler, order=args.order)
-    tok = ByteTokenizer()
     model = build_model(config.model, dc.kernel_backend)
     run = lambda: diffusion.generate(  # noqa: E731
         model, params, [tok.encode(t, bos=True) for t in texts],
         max_new_tokens=pick(args.max_new_tokens, dc.max_new_tokens), how=how,
         model_block_size=config.objective.block_size, rng=jax.random.key(seed),
-        eos_id=tok.eos_id, pad_id=tok.pad_id, mask_id=tok.mask_id)
+        eos_id=_eos(tok), pad_id=tok.pad_id, mask_id=tok.mask_id)
     out, compile_s, seconds = _timed(run)
     for row, text in enumerate(texts):
         print(f"--- prompt ---\n{text}\n--- completion ---\n"

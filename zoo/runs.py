@@ -6,6 +6,8 @@ An LM's params come back per layer whatever layout the checkpoint holds (`model.
 trains stacked ones, `zoo.models.stacking`): that is what decoding and export read. The layout is
 read from the checkpoint itself, not from config.yaml, so a run whose config has since switched
 `model.scan_layers` still loads.
+
+A run's text goes through `tokenizer_for_run`: its tokenizer.json when it has one, else bytes.
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ from jax.sharding import SingleDeviceSharding
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
+from zoo.data.hf_tokenizer import load_tokenizer
 from zoo.models import build_model
 from zoo.models.heads import build_heads
 from zoo.models.stacking import LAYERS, unstack_layers
@@ -30,6 +33,12 @@ def _shardings(trained, layout: Layout | None):
     return abstract, layout.shardings(abstract, trained.logical_axes())
 
 
+def _run_config(run_dir: pathlib.Path):
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a zoo run directory (no config.yaml)")
+    return config_lib.load(run_dir / "config.yaml")
+
+
 def load_run(run_dir: str | pathlib.Path, step: int | None = None,
              layout: Layout | None = None):
     """(config, params) of a training run directory, from its latest (or given) checkpoint,
@@ -37,9 +46,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None,
     draft-heads run the params are the heads' (its target is `config.heads.target_run`); an
     LM's are per layer (module docstring)."""
     run_dir = pathlib.Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a zoo run directory (no config.yaml)")
-    config = config_lib.load(run_dir / "config.yaml")
+    config = _run_config(run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
@@ -59,3 +66,12 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None,
                                   layout)
         params = jax.device_put(unstack_layers(params, saved), shardings)
     return config, params
+
+
+def tokenizer_for_run(run_dir: str | pathlib.Path, config=None):
+    """The tokenizer of a run directory (`zoo.data.hf_tokenizer.load_tokenizer`): its
+    tokenizer.json (imported from Hugging Face, or trained on `data.tokenizer`), else zoo's bytes;
+    checked against the model's vocab_size (`config`: the run's, read when not given)."""
+    if config is None:
+        config = _run_config(pathlib.Path(run_dir))
+    return load_tokenizer(run_dir, config.model.vocab_size)

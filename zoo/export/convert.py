@@ -1,5 +1,6 @@
 """Whole-checkpoint conversions behind `zoo-export` and `zoo-import`: a zoo run directory
-(config.yaml + orbax checkpoints) <-> a Hugging Face folder."""
+(config.yaml + orbax checkpoints, and tokenizer files unless its text is bytes) <-> a Hugging
+Face folder (with its tokenizer and generation_config.json)."""
 
 import importlib
 import pathlib
@@ -10,13 +11,15 @@ import jax
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
+from zoo.data.hf_tokenizer import HFTokenizer, load_tokenizer
 from zoo.export import hf
 from zoo.parallel import Layout, ShardingError
 from zoo.train.steps import TrainState
 
 # zoo model family -> architecture module; Hugging Face model_type -> the same modules.
 BY_FAMILY = {"transformer": "llama", "mamba2": "mamba2", "hybrid": "hybrid"}
-BY_MODEL_TYPE = {"llama": "llama", "mamba2": "mamba2", "granitemoehybrid": "hybrid"}
+BY_MODEL_TYPE = {"llama": "llama", "qwen2": "llama", "qwen3": "llama", "mamba2": "mamba2",
+                 "granitemoehybrid": "hybrid"}
 
 
 def architecture(family: str):
@@ -68,8 +71,9 @@ def _placed_state(config: config_lib.ExperimentConfig, params, tx) -> TrainState
 
 def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None,
                max_shard_bytes: int = 2 * 2**30) -> list[str]:
-    """Write the run's latest (or `step`) params as a Hugging Face folder; the file names."""
-    from zoo.runs import load_run  # noqa: PLC0415
+    """Write the run's latest (or `step`) params as a Hugging Face folder, with the run's
+    tokenizer and its decode settings as generation_config.json; the file names."""
+    from zoo.runs import load_run, tokenizer_for_run  # noqa: PLC0415
 
     config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
     if config.heads.kind != "none":
@@ -79,16 +83,23 @@ def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None
                          "causal-LM classes would run it with a causal mask, not the mask it was "
                          "trained with, so zoo exports next-token (objective.kind=lm) runs only")
     module = architecture(config.model.family)
+    tok = tokenizer_for_run(run_dir, config)
     _, params = load_run(run_dir, step, layout=_spread_layout(config))
-    return hf.write(out_dir, module.hf_config(config.model), module.tensor_map(config.model),
-                    params, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    dc = config.decode
+    return (hf.write(out_dir, hf.with_token_ids(module.hf_config(config.model), tok),
+                     module.tensor_map(config.model), params, dtype=dtype,
+                     max_shard_bytes=max_shard_bytes)
+            + hf.write_tokenizer(out_dir, tok, dc.temperature, dc.top_k, dc.top_p,
+                                 dc.max_new_tokens))
 
 
 def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = None):
     """A zoo run directory holding the Hugging Face checkpoint's weights as step 0 (fresh
     optimizer state), so `zoo-generate --checkpoint out_dir` decodes with it and `zoo-train
     --resume` fine-tunes it. Returns its config: the checkpoint's model, trained the way
-    `experiment` says (its model.scan_layers, model.remat; params stacked when scanned)."""
+    `experiment` says (its model.scan_layers, model.remat; params stacked when scanned).
+    The folder's tokenizer goes with the run; without a tokenizer.json the run's text is zoo's
+    bytes, refused (like a tokenizer larger than the model) before anything is written."""
     hf_config = hf.read_config(hf_dir)
     module = architecture_of(hf_config)
     base = experiment or config_lib.ExperimentConfig()
@@ -96,6 +107,7 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
                                        scan_layers=base.model.scan_layers, remat=base.model.remat)
     config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
         base.train, run_dir=str(out_dir)))
+    tok = load_tokenizer(hf_dir, model_config.vocab_size, fallback_ids=hf_config)
     params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype)
     if model_config.scan_layers:
         from zoo.models.stacking import stack_layers  # noqa: PLC0415
@@ -113,6 +125,8 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
         raise FileExistsError(f"{out} already holds checkpoints; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     config_lib.save(config, out / "config.yaml")
+    for name, text in (tok.files.items() if isinstance(tok, HFTokenizer) else ()):
+        (out / name).write_text(text)
     try:
         checkpointer.save(0, state, {"position": 0, **data_identity(config)})
     finally:

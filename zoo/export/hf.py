@@ -7,6 +7,10 @@ comes from (a path into the params pytree) with the reshapes/transposes both way
 one array at a time to the host (never the whole state on one device) and writes shards of at
 most `max_shard_bytes` with a `model.safetensors.index.json` when there is more than one.
 Import checks every expected tensor is present with its shape before building params.
+
+Beside the weights a folder carries its tokenizer (`write_tokenizer`: tokenizer.json +
+tokenizer_config.json, zoo's bytes or the run's own) and a generation_config.json, and
+config.json names the tokenizer's special ids, so transformers' pipeline decodes as zoo does.
 """
 
 import dataclasses
@@ -20,9 +24,14 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from zoo.data.hf_tokenizer import tokenizer_files
+from zoo.data.tokenizer import Tokenizer
+
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 class CheckpointMismatch(ValueError):
@@ -98,6 +107,28 @@ def write(out_dir, hf_config: dict, tensors: list[Tensor], params, dtype: str = 
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (out / "config.json").write_text(json.dumps({**hf_config, "torch_dtype": dtype}, indent=2))
     return names
+
+
+def with_token_ids(hf_config: dict, tok: Tokenizer) -> dict:
+    """`hf_config` naming `tok`'s BOS/EOS/PAD ids (those it declares) instead of its own."""
+    ids = {f"{role}_token_id": i for role, i in tok.special_ids.items()
+           if f"{role}_token_id" in TOKEN_ID_KEYS}
+    return {**{k: v for k, v in hf_config.items() if k not in TOKEN_ID_KEYS}, **ids}
+
+
+def write_tokenizer(out_dir, tok: Tokenizer, temperature: float = 0.0, top_k: int = 0,
+                    top_p: float = 1.0, max_new_tokens: int | None = None) -> list[str]:
+    """`tok`'s files and a generation_config.json (its special ids and the given sampling:
+    greedy at temperature 0) into `out_dir`; returns the file names."""
+    sampling = ({"do_sample": False} if temperature == 0 else
+                {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p})
+    generation = {**with_token_ids({}, tok), **sampling,
+                  **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})}
+    files = {**tokenizer_files(tok), GENERATION_CONFIG: json.dumps(generation, indent=2)}
+    out = pathlib.Path(out_dir)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return list(files)
 
 
 def read_config(hf_dir) -> dict:

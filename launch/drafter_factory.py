@@ -27,7 +27,7 @@ from zoo.decode.drafters import (DraftModelChain, DraftModelStaticTree, DraftMod
 from zoo.decode.head_drafters import FalconDrafter, HydraDrafter, MedusaDrafter
 from zoo.decode.trees import PRESETS, StaticTree, chain_tree
 from zoo.models import build_model
-from zoo.runs import load_run
+from zoo.runs import load_run, tokenizer_for_run
 
 DRAFT_EXPERIMENT = "code_draft"  # in configs/experiments/
 
@@ -217,7 +217,8 @@ def choose_tree(name: str, *, target_config, target_params, sampler, run_dir, ba
         build = drafter_builder(name, target_config=target_config, target_params=target_params,
                                 sampler=sampler, draft_run=draft_run)
         prompts = opening_prompts(target_config.data.corpus, target_config.data.data_dir,
-                                  max(batch, AUTO_ACCEPTANCE_PROMPTS), AUTO_PROMPT_BYTES)
+                                  max(batch, AUTO_ACCEPTANCE_PROMPTS), AUTO_PROMPT_BYTES,
+                                  tokenizer_for_run(run_dir, target_config))
         target = build_model(target_config.model, target_config.decode.kernel_backend)
         cal = calibration.calibrate(target, target_params, build, prompts[:batch],
                                     acceptance_prompts=prompts, sampler=sampler, max_depth=depth,

@@ -104,3 +104,25 @@ def test_file_selection_on_a_fake_library(tmp_path, monkeypatch):
     assert _paths(builder, "train") == [p for p in utf8 if not cc.is_validation(p)]
     docs = cc.corpus_documents("stdlib", str(tmp_path / "data"), "validation")
     assert dict(zip(_paths(builder, "validation"), docs))[val_name] == "y = 'é'\n"
+
+
+def test_opening_prompts_go_through_the_given_tokenizer(data_dirs):
+    """Prompts for a run are encoded by its tokenizer (a BPE here), not always as bytes."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from zoo.data.hf_tokenizer import HFTokenizer
+    from zoo.data.tokenizer import BOS_ID
+
+    docs = cc.corpus_documents(CONFIG, data_dirs[0], "validation")
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(docs, trainers.BpeTrainer(
+        vocab_size=500, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = HFTokenizer(bpe.to_str())
+    ours = cc.opening_prompts(CONFIG, data_dirs[0], 2, 40)
+    theirs = cc.opening_prompts(CONFIG, data_dirs[0], 2, 40, tok)
+    for byte_ids, ids in zip(ours, theirs):
+        assert byte_ids[0] == BOS_ID and len(byte_ids) == 41
+        assert len(ids) < 40 and tok.decode(ids) == bytes(byte_ids[1:]).decode()

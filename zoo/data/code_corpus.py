@@ -163,14 +163,15 @@ def corpus_documents(config_name: str, data_dir: str, split: str) -> list[str]:
     return [r["text"].decode("utf-8") for r in records]
 
 
-def opening_prompts(config_name: str, data_dir: str, n: int, length: int = 96) -> list[list[int]]:
-    """`n` prompts (byte tokens after BOS): the first `length` bytes of validation files, files
-    shorter than that skipped while longer ones exist, cycled if there are fewer than `n`."""
+def opening_prompts(config_name: str, data_dir: str, n: int, length: int = 96,
+                    tok=None) -> list[list[int]]:
+    """`n` prompts: the first `length` bytes of validation files (files shorter than that skipped
+    while longer ones exist, cycled if there are fewer than `n`), encoded by `tok` (a run's
+    tokenizer; default zoo's bytes) with its start of text."""
     from zoo.data.tokenizer import ByteTokenizer
 
-    tok = ByteTokenizer()
+    tok = tok or ByteTokenizer()
     docs = corpus_documents(config_name, data_dir, "validation")
     docs = [d for d in docs if len(d.encode()) >= length] or docs
     return [tok.encode(docs[i % len(docs)].encode()[:length].decode("utf-8", "ignore"), bos=True)
             for i in range(n)]
-

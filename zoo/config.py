@@ -43,6 +43,8 @@ def _non_negative(obj, section: str, *names: str) -> None:
 
 
 MODEL_FAMILIES = ("transformer", "mamba2", "hybrid")
+# model.rope_scaling: transformers' rope_type of the same maths (zoo/layers/rope.py).
+ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3")
 LAYER_KINDS = {"a": "attention + SwiGLU MLP", "m": "Mamba2 mixer"}
 # model.remat: "none" (keep every activation), "full" (recompute each block in the backward
 # pass) or one of the argument-free `jax.checkpoint_policies` (named here so this module stays
@@ -58,8 +60,8 @@ class ModelConfig:
 
     transformer: Llama-style attention blocks. mamba2: Mamba2 mixer blocks. hybrid: a
     `layer_pattern` of both, one letter per layer ("a" attention, "m" Mamba2), e.g. "mmamma".
-    The attention fields (n_heads, n_kv_heads, head_dim, mlp_dim, rope_theta) size attention
-    blocks, the ssm_* fields Mamba2 blocks.
+    The attention fields (n_heads, n_kv_heads, head_dim, mlp_dim, rope_*, max_positions,
+    qkv_bias, qk_norm) shape attention blocks, the ssm_* fields Mamba2 blocks.
     """
 
     family: str = "transformer"
@@ -72,6 +74,14 @@ class ModelConfig:
     mlp_dim: int = 704
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: str = "none"  # none | linear | dynamic | llama3 (transformers' rope_type)
+    rope_factor: float = 1.0  # linear / dynamic / llama3: how far RoPE is stretched (>= 1)
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths > original_max_len / this: / factor
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths < original_max_len / this: kept
+    rope_original_max_len: int = 8192  # llama3: the pretraining context length
+    max_positions: int = 8192  # context length (max_position_embeddings); dynamic scales past it
+    qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2 / Qwen2.5)
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
     tie_embeddings: bool = False
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -104,7 +114,22 @@ class ModelConfig:
             _require(getattr(self, name) in DTYPES, f"model.{name}", f"must be one of {list(DTYPES)}",
                      getattr(self, name))
         _require(self.remat in REMAT, "model.remat", f"must be one of {list(REMAT)}", self.remat)
+        self._check_rope()
         self._check_layers()
+
+    def _check_rope(self):
+        _require(self.rope_scaling in ROPE_SCALINGS, "model.rope_scaling",
+                 f"must be one of {list(ROPE_SCALINGS)}", self.rope_scaling)
+        _positive(self, "model", "rope_original_max_len", "max_positions")
+        _require(self.rope_scaling == "none" or self.rope_factor >= 1, "model.rope_factor",
+                 f"must be >= 1 with model.rope_scaling={self.rope_scaling!r}", self.rope_factor)
+        if self.rope_scaling == "llama3":
+            _require(0 < self.rope_low_freq_factor < self.rope_high_freq_factor,
+                     "model.rope_low_freq_factor", f"must be in (0, model.rope_high_freq_factor="
+                     f"{self.rope_high_freq_factor}) for llama3 RoPE", self.rope_low_freq_factor)
+        _require(self.rope_scaling != "dynamic" or self.resolved_head_dim > 2, "model.head_dim",
+                 "must be > 2 for dynamic RoPE (its base grows as ^(head_dim / (head_dim - 2)))",
+                 self.resolved_head_dim)
 
     def _check_layers(self):
         pattern = self.layer_pattern

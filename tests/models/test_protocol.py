@@ -16,14 +16,30 @@ from zoo.models import build_model
 from conftest import loud_ssm_params, random_parents, tiny_model_config, tiny_ssm_config
 
 FAMILIES = ["transformer", "mamba2", "hybrid"]
+# The transformer runs with every attention feature on: q/k/v biases, q/k norms and dynamic RoPE,
+# stretched past position 8, whose frequencies depend on the position (a key cached with another
+# length's frequencies would show). The hybrid's attention is plain.
+FEATURES = dict(qkv_bias=True, qk_norm=True, rope_scaling="dynamic", rope_factor=4.0,
+                max_positions=8)
+
+
+def loud_attention_params(params):
+    """Biases and q/k norm scales drawn at random (init gives zeros and ones)."""
+    def loud(path, leaf):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        if name.endswith("/bias") or name.endswith(("q_norm/scale", "k_norm/scale")):
+            noise = jax.random.normal(jax.random.key(len(name)), leaf.shape, leaf.dtype)
+            return leaf + 0.3 * noise
+        return leaf
+    return jax.tree_util.tree_map_with_path(loud, params)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def any_model(request):
-    config = (tiny_model_config() if request.param == "transformer"
+    config = (tiny_model_config(**FEATURES) if request.param == "transformer"
               else tiny_ssm_config(request.param))
     model = build_model(config)
-    return model, loud_ssm_params(model.init(jax.random.key(0)))
+    return model, loud_attention_params(loud_ssm_params(model.init(jax.random.key(0))))
 
 
 def _atol(model):

@@ -34,7 +34,7 @@ from zoo.config import ModelConfig
 from zoo.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from zoo.export.hf import CheckpointMismatch, Tensor
 from zoo.export import llama
-from zoo.export.llama import MAX_POSITIONS, linear, linear_in
+from zoo.export.llama import MAX_POSITIONS
 from zoo.export.mamba2 import check_time_step_limit, mixer_tensors, require, transposed
 
 KINDS = {"m": "mamba", "a": "attention"}
@@ -44,6 +44,7 @@ PLAIN_MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "logits_scal
 
 def hf_config(config: ModelConfig) -> dict:
     c = config
+    llama.require_plain_attention(c, "GraniteMoeHybrid")
     d = c.resolved_head_dim
     return {
         "architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid",
@@ -123,13 +124,10 @@ def gate_up(name: str, block: str, e: int, f: int) -> Tensor:
 
 
 def attention_layer(prefix: str, block: str, c: ModelConfig) -> list[Tensor]:
-    e, h, k, d, f = c.d_model, c.n_heads, c.n_kv_heads, c.resolved_head_dim, c.mlp_dim
+    e, f = c.d_model, c.mlp_dim
     return [
         Tensor(f"{prefix}.input_layernorm.weight", (e,), (block, "attn_norm", "scale")),
-        linear(f"{prefix}.self_attn.q_proj.weight", (block, "attn", "q", "kernel"), e, (h, d)),
-        linear(f"{prefix}.self_attn.k_proj.weight", (block, "attn", "k", "kernel"), e, (k, d)),
-        linear(f"{prefix}.self_attn.v_proj.weight", (block, "attn", "v", "kernel"), e, (k, d)),
-        linear_in(f"{prefix}.self_attn.o_proj.weight", (block, "attn", "o", "kernel"), (h, d), e),
+        *llama.attention_tensors(f"{prefix}.self_attn", block, c),
         Tensor(f"{prefix}.post_attention_layernorm.weight", (e,), (block, "mlp_norm", "scale")),
         gate_up(f"{prefix}.shared_mlp.input_linear.weight", block, e, f),
         transposed(f"{prefix}.shared_mlp.output_linear.weight", (block, "mlp", "down", "kernel"),

@@ -1,4 +1,5 @@
-"""Grouped-query self-attention with RoPE, for training/prefill and for tree `extend`.
+"""Grouped-query self-attention with RoPE, for training/prefill and for tree `extend`; optional
+q/k/v biases (Qwen2) and per-head q/k RMSNorm before RoPE (Qwen3).
 
 Training and prefill run over a whole sequence with a causal, bidirectional or block-causal mask
 (`jax.nn.dot_product_attention`). `extend` runs T new tokens on top of a committed KV cache with a
@@ -10,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from kernels.tree_attention import tree_attention
-from zoo.layers.params import dense
-from zoo.layers.rope import apply_rope
+from zoo.layers.params import dense, rms_norm
+from zoo.layers.rope import Rope, apply_rope
 
 MASK_KINDS = ("causal", "bidirectional", "block_causal", "block_diffusion")
 
@@ -72,26 +73,36 @@ class Attention(nn.Module):
     n_kv_heads: int
     head_dim: int
     d_model: int
-    rope_theta: float
+    rope: Rope
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     init_std: float
     backend: str = "auto"  # kernels.tree_attention backend used by `extend`
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    norm_eps: float = 1e-6  # of the q/k norms
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=self.init_std)
         self.q_proj = dense((self.n_heads, self.head_dim), ("embed", "heads", "head_dim"),
-                            name="q", **kw)
+                            name="q", bias=self.qkv_bias, **kw)
         self.k_proj = dense((self.n_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
-                            name="k", **kw)
+                            name="k", bias=self.qkv_bias, **kw)
         self.v_proj = dense((self.n_kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
-                            name="v", **kw)
+                            name="v", bias=self.qkv_bias, **kw)
         self.o_proj = dense(self.d_model, ("heads", "head_dim", "embed"), in_axes=2, name="o",
                             **kw)
+        if self.qk_norm:  # one scale over head_dim, shared by the heads
+            norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+            self.q_norm = rms_norm(self.norm_eps, name="q_norm", **norm_kw)
+            self.k_norm = rms_norm(self.norm_eps, name="k_norm", **norm_kw)
 
     def _qkv(self, x, positions):
-        q = apply_rope(self.q_proj(x), positions, self.rope_theta)
-        k = apply_rope(self.k_proj(x), positions, self.rope_theta)
+        """q [B, T, H, D] and k [B, T, K, D] normed (qk_norm) then rotated; v [B, T, K, D]."""
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
         return q, k, self.v_proj(x)
 
     def __call__(self, x, positions, mask):

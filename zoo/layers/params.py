@@ -64,12 +64,15 @@ class TokenDense(nn.DenseGeneral):
         return out.reshape(*lead, *out.shape[1:])
 
 
-def dense(features, axes: Sequence[str], *, dtype, param_dtype, init_std, name, in_axes=1):
-    """A bias-free dense layer whose kernel carries logical `axes` (inputs first, then
-    outputs)."""
+def dense(features, axes: Sequence[str], *, dtype, param_dtype, init_std, name, in_axes=1,
+          bias=False):
+    """A dense layer whose kernel carries logical `axes` (inputs first, then outputs); bias-free
+    unless `bias` (zeros at init, over the output axes)."""
     init = nn.with_logical_partitioning(nn.initializers.normal(init_std), tuple(axes))
-    return TokenDense(features, axis=tuple(range(-in_axes, 0)), use_bias=False, dtype=dtype,
-                      param_dtype=param_dtype, kernel_init=init, dot_general=token_dot, name=name)
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes[in_axes:]))
+    return TokenDense(features, axis=tuple(range(-in_axes, 0)), use_bias=bias, dtype=dtype,
+                      param_dtype=param_dtype, kernel_init=init, bias_init=bias_init,
+                      dot_general=token_dot, name=name)
 
 
 def rms_norm(eps: float, *, dtype, param_dtype, name):

@@ -1,4 +1,5 @@
-"""Llama-style decoder-only transformer: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+"""Llama-style decoder-only transformer: RMSNorm, RoPE, SwiGLU, grouped-query attention (with
+Qwen2's q/k/v biases and Qwen3's q/k norms when the config asks).
 
 `Transformer` is the linen module; `TransformerLM` wraps it as a `DecodingModel` (init, forward,
 prefill / extend / commit over an explicit `KVCache`).
@@ -25,6 +26,7 @@ from zoo.layers.attention import Attention, attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.params import dense, rms_norm
+from zoo.layers.rope import Rope
 from zoo.models.protocol import after_forward
 from zoo.models.stacking import LAYERS, is_stacked, stack_layers
 from zoo.parallel import Layout, constrain
@@ -55,7 +57,8 @@ class Block(nn.Module):
         kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
         self.attn_norm = rms_norm(c.norm_eps, name="attn_norm", **kw)
         self.attn = Attention(c.n_heads, c.n_kv_heads, c.resolved_head_dim, c.d_model,
-                              c.rope_theta, init_std=c.init_std, backend=self.backend, **kw)
+                              Rope.of(c), init_std=c.init_std, backend=self.backend,
+                              qkv_bias=c.qkv_bias, qk_norm=c.qk_norm, norm_eps=c.norm_eps, **kw)
         self.mlp_norm = rms_norm(c.norm_eps, name="mlp_norm", **kw)
         self.mlp = SwiGLU(c.d_model, c.mlp_dim, init_std=c.init_std, **kw)
 

@@ -3,6 +3,7 @@ transformers' pipeline completes a prompt as zoo-generate does; zoo-import keeps
 folder's own tokenizer (here a BPE trained on the code corpus, with a random Llama) and
 zoo-generate then matches transformers' greedy output; tokenizers that do not fit are named."""
 
+import dataclasses
 import json
 import shutil
 
@@ -16,6 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from launch.export import export_main, import_main
 from launch.generate import main as generate_main
+from zoo import config as config_lib
 from zoo.data import code_corpus
 from zoo.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, HFTokenizer
 from zoo.data.tokenizer import ByteTokenizer
@@ -138,7 +140,7 @@ def test_exported_byte_run_completes_in_transformers_pipeline_as_in_zoo(capsys, 
 
 
 def test_tokenizers_that_do_not_fit_are_refused_before_import(bpe_llama, capsys, tmp_path):
-    folder, _, _ = bpe_llama
+    folder, run, _ = bpe_llama
     for vocab, tokenizer in ((300, True), (200, False)):
         config = tiny_model_config(vocab_size=vocab)
         zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(
@@ -153,3 +155,12 @@ def test_tokenizers_that_do_not_fit_are_refused_before_import(bpe_llama, capsys,
     assert f"{TOKENIZER_JSON} has 400 token ids but the model's vocab_size is 300" in err
     assert (f"{tmp_path / '200'} has no {TOKENIZER_JSON}, and zoo's byte tokenizer (260 ids) "
             "does not fit the model's vocab_size 200") in err
+
+    # zoo-generate checks the run's tokenizer before it loads params (here there are none)
+    config = config_lib.load(run / "config.yaml")
+    (tmp_path / "small").mkdir()
+    config_lib.save(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, vocab_size=300)), tmp_path / "small" / "config.yaml")
+    shutil.copy(run / TOKENIZER_JSON, tmp_path / "small")
+    assert generate_main(["--checkpoint", str(tmp_path / "small"), "--prompt", "x"]) == 2
+    assert "has 400 token ids but the model's vocab_size is 300" in capsys.readouterr().err

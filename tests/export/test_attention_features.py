@@ -11,7 +11,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from zoo.config import ConfigError, ModelConfig
-from zoo.export import hf, hybrid, llama
+from zoo.export import convert, hf, hybrid, llama
 from zoo.models import build_model
 
 from conftest import tiny_ssm_config
@@ -58,6 +58,7 @@ def transformers_model(name):
 def test_transformers_model_imports_decodes_and_exports_back(name, tmp_path):
     theirs = transformers_model(name)
     theirs.save_pretrained(tmp_path / "hf")
+    assert convert.architecture_of(hf.read_config(tmp_path / "hf")) is llama  # zoo-import's
     config = llama.zoo_config(hf.read_config(tmp_path / "hf"))
     _, _, fields, length, prompt = MODELS[name]
     assert {key: getattr(config, key) for key in fields} == fields

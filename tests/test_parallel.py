@@ -129,19 +129,23 @@ for family, config in CONFIGS.items():
             out["tokens_equal"][family] = bool((a.tokens == b.tokens).all()
                                                and (a.tokens == c.tokens).all())
 
-# zoo-import places a Hugging Face folder's tensors on their shards over every local device and
-# creates the optimizer moments sharded: no device holds a whole weight matrix.
+# zoo-import puts each of a Hugging Face folder's tensors on its shards over every local device
+# as it reads it, and creates the optimizer moments sharded: no device (and not the host) holds
+# the model, and no device a whole weight matrix.
 from zoo.config import ExperimentConfig
 from zoo.export import convert, hf, llama
 config = CONFIGS["transformer"]
 params = build_model(config).init(jax.random.key(0))
+import_layout = convert._spread_layout(ExperimentConfig(model=config))
 with tempfile.TemporaryDirectory() as folder:
     hf.write(folder, llama.hf_config(config), llama.tensor_map(config), params)
-    host = hf.read(folder, llama.tensor_map(config), config.param_dtype)
-state = convert._placed_state(ExperimentConfig(model=config), host, tx)
+    read = hf.read(folder, llama.tensor_map(config), config.param_dtype,
+                   place=convert._placement(config, import_layout))
+state = convert._placed_state(ExperimentConfig(model=config), read, tx, import_layout)
 kernel = state.params["block_0"]["mlp"]["up"]["kernel"]
 moment = optax.tree_utils.tree_get(state.opt_state, "mu")["block_0"]["mlp"]["up"]["kernel"]
 out["import_placement"] = {
+    "read_devices": min(len(a.sharding.device_set) for a in jax.tree.leaves(read) if a.ndim > 1),
     "devices": len(kernel.sharding.device_set),
     "shard_fraction": kernel.addressable_shards[0].data.size / kernel.size,
     "moment_like_param": moment.sharding == kernel.sharding,
@@ -182,7 +186,7 @@ def test_sharded_training_equals_single_device(eight_devices, family, sizes):
 
 def test_import_places_params_and_moments_on_their_shards(eight_devices):
     placed = eight_devices["import_placement"]
-    assert placed["devices"] == 8 and placed["shard_fraction"] <= 1 / 2
+    assert placed["read_devices"] == placed["devices"] == 8 and placed["shard_fraction"] <= 1 / 2
     assert placed["moment_like_param"] and placed["params_equal"]
 
 

@@ -49,23 +49,32 @@ def _spread_layout(config: config_lib.ExperimentConfig) -> Layout | None:
         return None
 
 
-def _placed_state(config: config_lib.ExperimentConfig, params, tx) -> TrainState:
-    """A fresh train state around host `params`, built where it will live: each tensor goes
-    straight to its shards over the local devices and the optimizer moments are created sharded
-    like their params, so no device ever holds the whole model (one device when the sizes do
-    not divide)."""
+def _placement(model_config: config_lib.ModelConfig, layout: Layout | None):
+    """`place(path, array)` for `hf.read`: each per-layer parameter straight onto its shards
+    over the local devices as it is read, so neither the host nor a device holds the model."""
+    if layout is None:
+        return lambda path, array: jax.numpy.asarray(array)
+    from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
+
+    model = build_model(dataclasses.replace(model_config, scan_layers=False))
+    shardings = layout.shardings(jax.eval_shape(model.init, jax.random.key(0)),
+                                 model.logical_axes())
+    return lambda path, array: jax.device_put(array, hf.get_path(shardings, path))
+
+
+def _placed_state(config: config_lib.ExperimentConfig, params, tx, layout) -> TrainState:
+    """A fresh train state around placed `params`: the optimizer moments are created sharded
+    like their params (one device when `layout` is None)."""
     from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
     from zoo.train.steps import StepShardings  # noqa: PLC0415
 
     def fresh(p):
         return TrainState(jax.numpy.zeros((), jax.numpy.int32), p, tx.init(p))
 
-    layout = _spread_layout(config)
     if layout is None:
-        return fresh(jax.tree.map(jax.numpy.asarray, params))
+        return fresh(params)
     shardings = StepShardings.for_state(jax.eval_shape(fresh, params),
                                         build_model(config.model).logical_axes(), tx, layout).state
-    params = jax.tree.map(jax.device_put, params, shardings.params)
     return jax.jit(fresh, out_shardings=shardings)(params)
 
 
@@ -108,7 +117,9 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
         base.train, run_dir=str(out_dir)))
     tok = load_tokenizer(hf_dir, model_config.vocab_size, fallback_ids=hf_config)
-    params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype)
+    layout = _spread_layout(config)
+    params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype,
+                     place=_placement(model_config, layout))
     if model_config.scan_layers:
         from zoo.models.stacking import stack_layers  # noqa: PLC0415
 
@@ -117,7 +128,7 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     from zoo.train.optimizer import make_optimizer  # noqa: PLC0415
 
     tx = make_optimizer(config.train)
-    state = _placed_state(config, params, tx)
+    state = _placed_state(config, params, tx, layout)
     out = pathlib.Path(out_dir)
     checkpointer = Checkpointer(out / "checkpoints", async_save=False)
     if checkpointer.latest_step() is not None:
@@ -128,7 +139,7 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     for name, text in (tok.files.items() if isinstance(tok, HFTokenizer) else ()):
         (out / name).write_text(text)
     try:
-        checkpointer.save(0, state, {"position": 0, **data_identity(config)})
+        checkpointer.save(0, state, {"position": 0, **data_identity(config, tok)})
     finally:
         checkpointer.close()
     return config

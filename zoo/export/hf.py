@@ -63,11 +63,7 @@ def get_path(tree, path):
 def set_path(tree: dict, path, value) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
-    if isinstance(value, dict):  # a fused tensor's subtree: merge beside its siblings
-        for key, sub in value.items():
-            set_path(tree.setdefault(path[-1], {}), (key,), sub)
-    else:
-        tree[path[-1]] = value
+    tree[path[-1]] = value
 
 
 def write(out_dir, hf_config: dict, tensors: list[Tensor], params, dtype: str = "float32",
@@ -148,8 +144,19 @@ def _files(hf_dir: pathlib.Path) -> dict[str, str]:
         return {k: SINGLE for k in f.keys()}
 
 
-def read(hf_dir, tensors: list[Tensor], param_dtype: str = "float32") -> dict:
-    """zoo params from the checkpoint's tensors; every tensor checked before any is loaded."""
+def _load(handle, name: str) -> np.ndarray:
+    """One tensor as float32 on the host. safetensors' numpy reader has no bfloat16 (most
+    published checkpoints), so tensors come through its flax reader onto the CPU device."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(handle.get_tensor(name), np.float32)
+
+
+def read(hf_dir, tensors: list[Tensor], param_dtype: str = "float32",
+         place: Callable[[tuple[str, ...], np.ndarray], object] = lambda path, array: array):
+    """zoo params from the checkpoint's tensors (float32 or bfloat16, one file or sharded with
+    an index); every tensor checked before any is loaded. Each parameter is handed to
+    `place(path, array)` as soon as it is converted, and the params hold what `place` returns
+    (e.g. the array put on its shards), so the host holds one tensor at a time."""
     hf_dir = pathlib.Path(hf_dir)
     files = _files(hf_dir)
     missing = [t for t in tensors if t.name not in files]
@@ -165,22 +172,23 @@ def read(hf_dir, tensors: list[Tensor], param_dtype: str = "float32") -> dict:
     handles = {}
     try:
         for t in tensors:  # shapes first: a mismatch fails before anything is converted
-            f = handles.setdefault(files[t.name], safe_open(str(hf_dir / files[t.name]), "np"))
+            f = handles.setdefault(files[t.name], safe_open(str(hf_dir / files[t.name]), "flax"))
             shape = tuple(f.get_slice(t.name).get_shape())
             if shape != t.shape:
                 raise CheckpointMismatch(f"{hf_dir}: tensor {t.name} has shape {shape}, "
                                          f"expected {t.shape}")
         params = {}
         for t in tensors:
-            array = handles[files[t.name]].get_tensor(t.name).astype(np.float32)
+            array = _load(handles[files[t.name]], t.name)
             if t.path is None:
                 if not np.all(array == t.constant):
                     raise CheckpointMismatch(
                         f"{hf_dir}: tensor {t.name} must be all {t.constant} for a zoo model "
                         "(zoo has no parameter for it)")
                 continue
-            set_path(params, t.path, jax.tree.map(lambda a: a.astype(DTYPES[param_dtype]),
-                                                  t.from_hf(array)))
+            for keys, leaf in jax.tree_util.tree_leaves_with_path(t.from_hf(array)):
+                path = t.path + tuple(k.key for k in keys)  # a fused tensor's leaves below
+                set_path(params, path, place(path, leaf.astype(DTYPES[param_dtype])))
     finally:
         handles.clear()
     return params

@@ -245,13 +245,16 @@ def test_tpu_devices_per_type():
 
 
 def test_up_sizes_the_config_on_the_slice_first(capsys, archive_dir):
-    assert pod.main(["up", *SLICE, "--dry-run", "--accelerator-type", "v5litepod-16",
-                     "--config", CONFIG, GCS, "mesh.data=-1"]) == 0
+    """The catalog's pod run, sized on the slice's 256 chips (a v5p-512) on this machine."""
+    pod_run = "configs/experiments/llama3_1_8b_pod256.yaml"
+    assert pod.main(["up", *SLICE, "--dry-run", "--accelerator-type", "v5p-512",
+                     "--config", pod_run, GCS]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(f"{TPU_VM} create")
-    assert "# code_small: transformer" in err and "(16 devices)" in err
+    assert out.startswith(f"{TPU_VM} create") and f"--config {pod_run}" in out
+    assert "# llama3_1_8b_pod256: transformer, 8,030,261,248 parameters" in err
+    assert "(256 devices)" in err and "optimizer state" in err
     # A config that does not divide over the slice's chips is refused before anything runs.
-    assert pod.main(["up", *SLICE, "--dry-run", "--config", CONFIG, GCS, "mesh.data=1",
-                     "mesh.tensor=16"]) == 2  # v5litepod-8: 8 chips, the mesh asks for 16
+    assert pod.main(["up", *SLICE, "--dry-run", "--accelerator-type", "v5p-256",
+                     "--config", pod_run, GCS]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "mesh" in err and "16" in err and "v5litepod-8" in err
+    assert out == "" and "needs 256 devices, there are 128" in err and "v5p-256" in err

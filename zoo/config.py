@@ -544,11 +544,15 @@ def _model_file(experiment: pathlib.Path, name: str) -> pathlib.Path:
 
 def load(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load an experiment YAML (or a bare name from configs/experiments/; `model: <name>` from
-    configs/models/) and overrides."""
+    configs/models/, or `model: {base: <name>, key: value, ...}` for that model with some keys
+    changed, e.g. its dtype for a pod run) and overrides."""
     path = experiment_path(path)
     raw = _read_yaml(path)
-    if isinstance(raw.get("model"), str):
-        raw["model"] = _read_yaml(_model_file(path, raw["model"]))
+    model = raw.get("model")
+    model = {"base": model} if isinstance(model, str) else model
+    if isinstance(model, dict) and "base" in model:
+        changed = {k: v for k, v in model.items() if k != "base"}
+        raw["model"] = {**_read_yaml(_model_file(path, str(model["base"]))), **changed}
     return from_dict(apply_overrides(raw, overrides))
 
 

@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
+import pytest
 
 from launch import train as train_cli
 from zoo import config as config_lib
 from zoo.models import build_model
+from zoo.train import sizing
 
 from conftest import REPO
 
@@ -24,7 +27,7 @@ import dataclasses, json, sys
 from zoo import config as config_lib
 from zoo.train import sizing
 out = {}
-for mesh in ("mesh.data=8", "mesh.data=1 mesh.fsdp=8"):
+for mesh in ("mesh.data=8", "mesh.data=1 mesh.fsdp=8", "mesh.data=4 mesh.tensor=2"):
     config = config_lib.load(sys.argv[1], mesh.split())
     out[mesh] = dataclasses.asdict(sizing.size(config))
     out["abstract " + mesh] = dataclasses.asdict(sizing.size(config, devices=8))
@@ -57,7 +60,7 @@ def test_dry_run_sizes_follow_the_shardings():
     assert data["temp_bytes"] > 0 and fsdp["temp_bytes"] > 0
     # The abstract mesh gives the same shard sizes without devices; activations are estimated
     # from the backward's residuals (measured 0.8-1.4x of XLA's analysis across families).
-    for mesh in ("mesh.data=8", "mesh.data=1 mesh.fsdp=8"):
+    for mesh in ("mesh.data=8", "mesh.data=1 mesh.fsdp=8", "mesh.data=4 mesh.tensor=2"):
         real, abstract = sizes[mesh], sizes["abstract " + mesh]
         assert {k: v for k, v in abstract.items() if k not in ("temp_bytes", "compiled")} == \
             {k: v for k, v in real.items() if k not in ("temp_bytes", "compiled")}
@@ -82,3 +85,31 @@ def test_dry_run_cli_reports_and_rejects_what_does_not_divide(capsys):
     code, out, err = run("mesh.data=8", "data.batch_size=12")
     assert code == 2
     assert "data.batch_size=12 does not divide over mesh axes ('data', 'fsdp') of size 8" in err
+
+
+# The logical axes DEFAULT_RULES splits over each mesh axis.
+SPLIT_BY = {"fsdp": ("embed",), "tensor": ("heads", "kv_heads", "mlp", "ssm_heads", "ssm_proj",
+                                           "ssm_inner")}
+
+
+@pytest.mark.parametrize("experiment,devices", [("llama3_1_8b_pod256", 256),
+                                                ("mamba2_2_7b_pod64", 64)])
+def test_pod_experiments_are_sized_exactly_without_their_chips(experiment, devices):
+    """The catalog's pod runs on 256 / 64 chips, sized on this one-device machine: every
+    parameter's shard from the mesh sizes its named axes divide by."""
+    config = config_lib.load(experiment)
+    got = sizing.size(config, devices=devices)
+    model = build_model(config.model)
+    leaves = jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0)))
+    axes = jax.tree.leaves(model.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+    mesh = {"fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor}
+    itemsize = np.dtype(config.model.param_dtype).itemsize
+    shard = sum(math.prod(a.shape) // math.prod(n for axis, n in mesh.items()
+                                                for name in names if name in SPLIT_BY[axis])
+                for a, names in zip(leaves, axes))
+    assert got.mesh == {"data": 1, **mesh} and math.prod(got.mesh.values()) == devices
+    assert got.parameters == sum(math.prod(a.shape) for a in leaves)
+    assert got.params_bytes == itemsize * shard
+    assert 0 <= got.optimizer_bytes - 2 * got.params_bytes <= 16  # AdamW's two moments
+    assert got.batch_rows == config.data.batch_size // config.mesh.fsdp
+    assert not got.compiled and got.temp_bytes > 0

@@ -6,9 +6,11 @@ shard any device holds), exactly, on this process's devices or on an abstract me
 (a 256-chip pod sized on a laptop, in seconds). Activations on real devices come from XLA's
 memory analysis of the compiled train step (per device for a sharded program). On an abstract
 mesh nothing compiles; they are estimated from the residuals JAX's autodiff saves for the
-backward (`saved_residuals`, which honours the remat policy) at one device's batch rows — within
-a few tens of percent of XLA:CPU's memory analysis on the configs tested, and an upper bound
-where tensor parallelism would split the attention and MLP activations further.
+backward (`saved_residuals`, which honours the remat policy) of one device's share: its batch
+rows, on the model with the attention heads and MLP width the tensor axis splits divided by its
+size (Megatron-style tensor parallelism) — within a few tens of percent of XLA:CPU's memory
+analysis on the configs tested. Mamba2 layers are counted whole, an upper bound when `tensor`
+> 1.
 """
 
 import dataclasses
@@ -61,10 +63,23 @@ def residual_bytes(model_config: config_lib.ModelConfig, rows: int, seq_len: int
                    if not source.startswith("from the argument"))  # params, tokens: not extra
 
     total = kept(model_config)
-    if model_config.remat != "none":
-        unsaved = kept(dataclasses.replace(model_config, remat="none", scan_layers=False))
-        total += unsaved * len(model_config.scan_period) // model_config.n_layers
+    if model_config.remat != "none":  # one period unrematerialised: 2 periods' minus 1 period's
+        period = model_config.scan_period
+        periods = lambda k: dataclasses.replace(  # noqa: E731
+            model_config, remat="none", scan_layers=False, n_layers=k * len(period),
+            layer_pattern=period * k if model_config.layer_pattern else "")
+        total += kept(periods(2)) - kept(periods(1))
     return total
+
+
+def tensor_shard(model_config: config_lib.ModelConfig, tensor: int) -> config_lib.ModelConfig:
+    """The model one device computes under tensor parallelism of size `tensor`: heads, KV heads
+    and MLP width divided (where they divide; the residual stream stays whole)."""
+    c = model_config
+    if tensor == 1 or c.n_kv_heads % tensor or c.mlp_dim % tensor:
+        return c
+    return dataclasses.replace(c, n_heads=c.n_heads // tensor, n_kv_heads=c.n_kv_heads // tensor,
+                               head_dim=c.resolved_head_dim, mlp_dim=c.mlp_dim // tensor)
 
 
 def size(config: config_lib.ExperimentConfig, devices: int | None = None) -> Sizing:
@@ -85,7 +100,8 @@ def size(config: config_lib.ExperimentConfig, devices: int | None = None) -> Siz
     batch_rows = shardings.batch.shard_shape((dc.batch_size, dc.seq_len))[0]
     temp, compiled = None, devices is None
     if devices is not None and hasattr(objective, "model"):  # not draft heads on a target
-        temp = residual_bytes(config.model, batch_rows, dc.seq_len)
+        tensor = layout.axis_size(layout.spec(("heads",))[0])  # what splits the heads
+        temp = residual_bytes(tensor_shard(config.model, tensor), batch_rows, dc.seq_len)
     if compiled:
         step = objective.make_train_step(tx, learning_rate_schedule(config.train), shardings)
         state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

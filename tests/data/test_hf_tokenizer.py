@@ -75,3 +75,17 @@ def test_byte_tokenizer_folder_reads_as_bytes(tmp_path):
         (tmp_path / name).write_text(text)
     assert isinstance(ht.load_tokenizer(tmp_path, 512), tk.ByteTokenizer)
     assert np.array_equal(byte_hf_tokenizer().encode_array("é"), [0xC3, 0xA9])
+
+
+def test_byte_lengths_count_what_each_token_adds_to_a_text():
+    """Llama-2 style pieces: "▁" is a space (stripped at a text's start only, so a piece counts
+    it), <0xNN> is one byte of a character, specials and ids past the vocabulary count 0."""
+    vocab = {"▁def": 0, "▁f": 1, "(x):": 2, "<0xC3>": 3, "<0xA9>": 4, "<s>": 5}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, "<s>"))
+    tok.add_special_tokens(["<s>"])
+    d = tokenizers.decoders
+    tok.decoder = d.Sequence([d.Replace("▁", " "), d.ByteFallback(), d.Fuse(), d.Strip(" ", 1, 0)])
+    ours = ht.HFTokenizer(tok.to_str())
+    assert ours.decode(range(6)) == "def f(x):é"
+    assert ht.token_byte_lengths(ours, 8).tolist() == [4, 2, 4, 1, 1, 0, 0, 0]
+    assert ht.token_byte_lengths(tk.ByteTokenizer(), 262).tolist() == [1] * 256 + [0] * 6

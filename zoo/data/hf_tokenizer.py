@@ -11,8 +11,10 @@ directory, falling back to bytes where there is no tokenizer.json.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import pathlib
+import re
 
 import numpy as np
 import tokenizers
@@ -94,6 +96,34 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                 skip_special_tokens=True)
 
+    def byte_lengths(self, size: int) -> np.ndarray:
+        """int32[size]: how many bytes of text each id stands for, so that a text's ids sum to
+        its UTF-8 length (bits per byte). A byte-level token counts its bytes and a byte-fallback
+        <0xNN> one (decoded alone, a piece of a character would read as U+FFFD); any other
+        token what it adds to a text: the token decoded twice less once (decoders strip a
+        leading space at a text's start only). Special tokens and ids past the vocabulary: 0."""
+        decoder = json.loads(self.files[TOKENIZER_JSON]).get("decoder") or {}
+        steps = [decoder, *decoder.get("decoders", [])]  # one decoder, or a Sequence of them
+        byte_level = any(step.get("type") == "ByteLevel" for step in steps)
+        byte_chars = set(_byte_chars()) if byte_level else set()
+        added = self._tok.get_added_tokens_decoder()
+        vocab = sorted((i, token) for token, i in self._tok.get_vocab(True).items() if i < size)
+        others = [(i, token) for i, token in vocab if not (added.get(i) and added[i].special)]
+        lengths = np.zeros(size, np.int32)
+        text_ids = []
+        for i, token in others:
+            if i not in added and byte_chars and set(token) <= byte_chars:
+                lengths[i] = len(token)
+            elif i not in added and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+                lengths[i] = 1
+            else:
+                text_ids.append(i)
+        once = self._tok.decode_batch([[i] for i in text_ids])
+        twice = self._tok.decode_batch([[i, i] for i in text_ids])
+        for i, one, two in zip(text_ids, once, twice):
+            lengths[i] = len(two.encode()) - len(one.encode())
+        return lengths
+
 
 def _byte_chars() -> list[str]:
     """GPT-2's byte -> printable character table, which tokenizers' ByteLevel pre-tokenizer and
@@ -131,6 +161,53 @@ def is_byte_tokenizer(tok: HFTokenizer) -> bool:
 def tokenizer_files(tok: Tokenizer) -> dict[str, str]:
     """The files that carry `tok` into a folder (file name -> text)."""
     return tok.files if isinstance(tok, HFTokenizer) else byte_tokenizer_files()
+
+
+BYTES = "bytes"  # `tokenizer_identity` of zoo's byte tokenizer
+
+
+def tokenizer_identity(tok: Tokenizer) -> str:
+    """"bytes", or a hash of the tokenizer's files (their JSON, whatever its layout): what a
+    packed corpus's cache and a checkpoint record, so a stream or a run made with one tokenizer
+    is never read with another."""
+    if not isinstance(tok, HFTokenizer):
+        return BYTES
+    canonical = json.dumps({name: json.loads(text) for name, text in tok.files.items()},
+                           sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def token_byte_lengths(tok: Tokenizer, size: int) -> np.ndarray:
+    """int32[size]: the bytes of text each of a model's `size` ids stands for under `tok`
+    (`HFTokenizer.byte_lengths`; zoo's bytes: 1 for ids below 256, 0 for the specials)."""
+    if isinstance(tok, HFTokenizer):
+        return tok.byte_lengths(size)
+    return (np.arange(size) < BYTE_VOCAB).astype(np.int32)
+
+
+def tokenizer_at(path) -> Tokenizer:
+    """The tokenizer a training config names: a tokenizer.json file, or a folder holding one,
+    with the tokenizer_config.json beside it when there is one (it names the special tokens);
+    zoo's bytes when it is the byte tokenizer. FileNotFoundError names the missing file."""
+    path = pathlib.Path(path).expanduser()
+    file = path / TOKENIZER_JSON if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist (a tokenizer.json, or a folder holding "
+                                "one, is expected)")
+    config = file.parent / TOKENIZER_CONFIG
+    tok = HFTokenizer(file.read_text(), config.read_text() if config.is_file() else "{}")
+    return ByteTokenizer() if is_byte_tokenizer(tok) else tok
+
+
+def write_run_tokenizer(run_dir, tok: Tokenizer) -> None:
+    """Keep `tok` with a run (`run_dir`: a pathlib or etils path): its files, or none for zoo's
+    bytes, removing any earlier tokenizer files there so that `load_tokenizer` reads bytes."""
+    for name in (TOKENIZER_JSON, TOKENIZER_CONFIG):
+        text = tok.files.get(name) if isinstance(tok, HFTokenizer) else None
+        if text is not None:
+            (run_dir / name).write_text(text)
+        elif (run_dir / name).exists():
+            (run_dir / name).unlink()
 
 
 def load_tokenizer(directory, vocab_size: int, fallback_ids: dict | None = None) -> Tokenizer:

@@ -2,8 +2,10 @@ import os
 
 import numpy as np
 import pytest
+import tokenizers
 
 from zoo.data import code_corpus, packing
+from zoo.data.hf_tokenizer import HFTokenizer
 from zoo.data.packing import (BatchIterator, ClipDataset, PackedDataset, eval_batches,
                               pack_documents)
 from zoo.data.tokenizer import BOS_ID, EOS_ID
@@ -156,3 +158,10 @@ def test_load_token_stream_packs_the_corpus_and_caches_it(tmp_path, monkeypatch)
     np.testing.assert_array_equal(again, stream)
     cache_dir = code_corpus.build_corpus("stdlib_small", data_dir).data_dir
     assert [n for n in os.listdir(cache_dir) if n.endswith(".npy")] == ["tokens_v1_validation.npy"]
+
+
+def test_ids_past_65535_are_packed_as_uint32():
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "b": 70000}, "a"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    stream = pack_documents(["b a", "a"], HFTokenizer(tok.to_str()))  # no BOS/EOS named
+    assert stream.dtype == np.uint32 and stream.tolist() == [70000, 0, 0]

@@ -1,7 +1,8 @@
 """Documents -> one token stream -> fixed-length windows -> deterministic, resumable batches.
 
-Packing documents back to back (each as BOS + bytes + EOS) wastes no compute on padding; the
-separators tell the model where documents end. The batch order is a pure function of
+Packing documents back to back (each as BOS + its tokens + EOS) wastes no compute on padding;
+the separators tell the model where documents end. The tokens are zoo's bytes or the run's
+Hugging Face tokenizer's (`data.tokenizer`); a cached stream is named by the tokenizer's hash. The batch order is a pure function of
 (seed, batch number), so the iterator's whole state is one integer that fits in a checkpoint,
 and a restored run sees exactly the batches an uninterrupted run would have seen.
 """
@@ -14,16 +15,22 @@ import re
 import numpy as np
 
 from zoo.data import code_corpus
-from zoo.data.tokenizer import BOS_ID, EOS_ID, ByteTokenizer
+from zoo.data.hf_tokenizer import BYTES, tokenizer_identity
+from zoo.data.tokenizer import ByteTokenizer, Tokenizer
 
 _STREAM_FORMAT = 1  # bump when pack_documents changes, to invalidate cached streams
 
 
-def pack_documents(docs: list[str]) -> np.ndarray:
-    """One uint16 stream: BOS + UTF-8 bytes + EOS for each document, in order."""
-    tok, bos, eos = ByteTokenizer(), np.array([BOS_ID], np.uint16), np.array([EOS_ID], np.uint16)
-    pieces = [p for doc in docs for p in (bos, tok.encode_array(doc), eos)]
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
+def pack_documents(docs: list[str], tok: Tokenizer | None = None) -> np.ndarray:
+    """One stream: BOS + the document's ids + EOS for each document, in order, by `tok`
+    (default zoo's bytes; a BOS or EOS it lacks is left out). uint16, or uint32 when ids pass
+    65535."""
+    tok = tok or ByteTokenizer()
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    bos, eos = (np.array([] if i is None else [i], dtype) for i in (tok.bos_id, tok.eos_id))
+    ids = (tok.encode_array(doc).astype(dtype, copy=False) for doc in docs)
+    pieces = [p for doc_ids in ids for p in (bos, doc_ids, eos)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
 
 
 class PackedDataset:
@@ -95,13 +102,13 @@ def _shifted(block: np.ndarray, seq_len: int, shift: int) -> dict[str, np.ndarra
 
 
 def load_dataset(corpus: str, data_dir: str, split: str, seq_len: int, shift: int = 1,
-                 is_video: bool = False):
-    """The windows of a corpus split: a PackedDataset of a text corpus's stream, or a ClipDataset
-    of a video corpus's clips."""
+                 is_video: bool = False, tok: Tokenizer | None = None):
+    """The windows of a corpus split: a PackedDataset of a text corpus's stream (tokenized by
+    `tok`, default zoo's bytes), or a ClipDataset of a video corpus's clips."""
     if is_video:
         from zoo.data import video  # TFDS builder of the synthetic clips
         return ClipDataset(video.load_clips(corpus, data_dir, split), seq_len, shift)
-    return PackedDataset(load_token_stream(corpus, data_dir, split), seq_len, shift)
+    return PackedDataset(load_token_stream(corpus, data_dir, split, tok), seq_len, shift)
 
 
 class BatchIterator:
@@ -189,14 +196,18 @@ def eval_batches(
     return [dataset.windows(indices[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
 
 
-def load_token_stream(config_name: str, data_dir: str, split: str) -> np.ndarray:
-    """The packed uint16 stream of a corpus split, cached as .npy beside the TFDS files."""
+def load_token_stream(config_name: str, data_dir: str, split: str,
+                      tok: Tokenizer | None = None) -> np.ndarray:
+    """The packed stream of a corpus split by `tok` (default zoo's bytes), cached as .npy beside
+    the TFDS files, under a name with the tokenizer's hash unless it is bytes."""
     if not re.fullmatch(r"\w+", split):
         raise ValueError(f"split must be a plain split name such as 'train', got {split!r}")
     builder = code_corpus.build_corpus(config_name, data_dir)
-    path = os.path.join(os.fspath(builder.data_dir), f"tokens_v{_STREAM_FORMAT}_{split}.npy")
+    identity = tokenizer_identity(tok or ByteTokenizer())
+    name = f"tokens_v{_STREAM_FORMAT}_{split}" + ("" if identity == BYTES else f"_{identity}")
+    path = os.path.join(os.fspath(builder.data_dir), f"{name}.npy")
     if not os.path.exists(path):
-        stream = pack_documents(code_corpus.corpus_documents(config_name, data_dir, split))
+        stream = pack_documents(code_corpus.corpus_documents(config_name, data_dir, split), tok)
         tmp = f"{path}.{os.getpid()}.tmp.npy"
         np.save(tmp, stream)
         os.replace(tmp, path)  # atomic: a reader never sees a half-written cache

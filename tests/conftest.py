@@ -59,6 +59,42 @@ def assert_speculative_equals_ar(model, params, prompts, drafter, drafter_params
     return got
 
 
+BPE_SPECIALS = ["<s>", "</s>", "<pad>"]  # ids 0, 1, 2 of `code_bpe`
+
+
+def code_bpe(vocab_size: int = 400):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) trained on ~9 KB of the code corpus (stdlib
+    sources), BOS by template."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    from zoo.data import code_corpus
+
+    root = code_corpus.stdlib_root()
+    text = "".join(open(f"{root}/{f}").read()[:3000]
+                   for f in code_corpus.list_source_files(root)[:3])
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=BPE_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 0)])
+    return tok
+
+
+def zoo_completion(capsys, run, prompt, n) -> str:
+    """zoo-generate's greedy completion of `prompt`, as it prints it."""
+    from launch.generate import main as generate_main
+
+    capsys.readouterr()
+    assert generate_main(["--checkpoint", str(run), "--prompt", prompt,
+                          "--max-new-tokens", str(n), "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    return out.split("--- completion ---\n", 1)[1].rsplit("\n\nAR: ", 1)[0]
+
+
 def assert_loss_falls(losses: dict, by: float = 1.0, *context):
     """The mean train loss of the last 5 steps is at least `by` below that of the first 5."""
     steps = sorted(losses)

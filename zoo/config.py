@@ -192,6 +192,10 @@ class DataConfig:
 
     corpus: str = "stdlib"  # stdlib | stdlib_small (code) | sprites | sprites_small (video)
     data_dir: str = "~/tensorflow_datasets"
+    tokenizer: str = ""  # "": zoo's bytes; else a tokenizer.json, or the folder holding it and
+    #                      its tokenizer_config.json (which names bos/eos/pad/mask), run by the
+    #                      `tokenizers` library, checked and copied into the run when training
+    #                      starts (text corpora only; its ids must fit model.vocab_size)
     seq_len: int = 256  # tokens per training sequence (model input)
     batch_size: int = 16
     shuffle: bool = True
@@ -200,6 +204,9 @@ class DataConfig:
     def __post_init__(self):
         corpora = [*TEXT_CORPORA, *VIDEO_CORPORA]
         _require(self.corpus in corpora, "data.corpus", f"must be one of {corpora}", self.corpus)
+        _require(not (self.tokenizer and self.is_video), "data.tokenizer",
+                 f"a video corpus ({self.corpus}) has its own patch tokens; leave it empty",
+                 self.tokenizer)
         _positive(self, "data", "seq_len", "batch_size")
 
     @property

@@ -10,15 +10,12 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import tokenizers
 import torch
 import transformers
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from launch.export import export_main, import_main
 from launch.generate import main as generate_main
 from zoo import config as config_lib
-from zoo.data import code_corpus
 from zoo.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, HFTokenizer
 from zoo.data.tokenizer import ByteTokenizer
 from zoo.decode import ar
@@ -26,27 +23,10 @@ from zoo.export import hf, llama
 from zoo.models import build_model
 from zoo.runs import load_run, tokenizer_for_run
 
-from conftest import tiny_model_config
+from conftest import code_bpe, tiny_model_config, zoo_completion
 from hf_reference import random_hf_model
 
 PROMPT = "def fibonacci(n):\n    "
-SPECIALS = ["<s>", "</s>", "<pad>"]
-
-
-def code_bpe(vocab_size: int = 400) -> tokenizers.Tokenizer:
-    """A byte-level BPE trained on ~9 KB of the code corpus (stdlib sources), BOS by template."""
-    root = code_corpus.stdlib_root()
-    text = "".join(open(f"{root}/{f}").read()[:3000]
-                   for f in code_corpus.list_source_files(root)[:3])
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                       special_tokens=[("<s>", 0)])
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +45,6 @@ def bpe_llama(tmp_path_factory):
                                          pad_token="<pad>").save_pretrained(folder)
     assert import_main(["--hf", str(folder), "--out", str(run)]) == 0
     return folder, run, model
-
-
-def zoo_completion(capsys, run, prompt, n) -> str:
-    """zoo-generate's greedy completion of `prompt`, as it prints it."""
-    capsys.readouterr()
-    assert generate_main(["--checkpoint", str(run), "--prompt", prompt,
-                          "--max-new-tokens", str(n)]) == 0
-    out = capsys.readouterr().out
-    return out.split("--- completion ---\n", 1)[1].rsplit("\n\nAR: ", 1)[0]
 
 
 def pipeline_completion(folder, prompt, n) -> str:

@@ -43,6 +43,15 @@ def test_noise_masks_at_rate_t_per_sequence_or_block():
     assert (np.asarray(t_block) > 1e-3).all() and (np.asarray(t_block) <= 1).all()
 
 
+def test_noise_masks_with_the_tokenizers_mask_and_spares_its_pad():
+    x0 = jnp.arange(4 * 64).reshape(4, 64) % 50
+    xt, masked, _ = noise(jax.random.key(0), x0, 0.5, pad_id=3, mask_id=7)
+    np.testing.assert_array_equal(np.where(masked, 7, x0), xt)
+    assert masked.any() and not masked[x0 == 3].any()
+    _, masked, _ = noise(jax.random.key(0), x0, 0.5, pad_id=None, mask_id=7)  # no PAD
+    assert masked[x0 == 3].any()
+
+
 def test_block_diffusion_forward_is_each_noised_block_over_its_clean_prefix(
         tiny_model_and_params):
     """One 2L forward == for every block b, a forward of [clean blocks < b, noised block b]:

@@ -27,20 +27,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zoo.data.tokenizer import BYTE_VOCAB, MASK_ID, PAD_ID
-from zoo.train.steps import TrainState, apply_gradients, jit_eval_step, jit_train_step
+from zoo.data.tokenizer import MASK_ID, PAD_ID
+from zoo.train.steps import (TrainState, apply_gradients, jit_eval_step, jit_train_step,
+                             real_tokens, text_bytes)
 
 
-def noise(rng, x0, t_min: float, block_size: int = 0):
-    """(x_t, masked bool[B, L], t per token float32[B, L]): MASK where masked. t is drawn per
-    sequence, or per block of `block_size` when > 0; PAD tokens are never masked."""
+def noise(rng, x0, t_min: float, block_size: int = 0, pad_id: int | None = PAD_ID,
+          mask_id: int = MASK_ID):
+    """(x_t, masked bool[B, L], t per token float32[B, L]): `mask_id` where masked. t is drawn
+    per sequence, or per block of `block_size` when > 0; PAD tokens are never masked."""
     b, length = x0.shape
     t_key, mask_key = jax.random.split(rng)
     n_t = length // block_size if block_size else 1
     t = jax.random.uniform(t_key, (b, n_t), minval=t_min, maxval=1.0)
     t_tok = jnp.repeat(t, length // n_t, axis=1)
-    masked = (jax.random.uniform(mask_key, (b, length)) < t_tok) & (x0 != PAD_ID)
-    return jnp.where(masked, MASK_ID, x0), masked, t_tok
+    masked = (jax.random.uniform(mask_key, (b, length)) < t_tok) & real_tokens(x0, pad_id)
+    return jnp.where(masked, mask_id, x0), masked, t_tok
 
 
 def weighted_losses(logits, x0, masked, t_tok):
@@ -58,14 +60,17 @@ def denoiser_logits(model, params, xt, x0, block_size: int):
     return logits[:, : xt.shape[1]]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DiffusionObjective:
     """The MDLM loss on a (bidirectional or block) transformer; same interface as LMObjective."""
 
     model: Any
+    byte_lengths: Any  # int32[vocab]: bytes of text per id, for bits per byte (`text_bytes`)
     block_size: int = 0  # 0: one bidirectional window; s: block diffusion with blocks of s
     t_min: float = 1e-3
     seed: int = 0
+    pad_id: int | None = PAD_ID  # the tokenizer's PAD (never masked, no loss); None: none is
+    mask_id: int = MASK_ID  # the tokenizer's [MASK]
 
     def init(self, rng):
         return self.model.init(rng)
@@ -76,9 +81,10 @@ class DiffusionObjective:
     def losses(self, params, batch, rng):
         """(weighted losses [B, L], real-token mask [B, L]) for the clean windows `inputs`."""
         x0 = batch["inputs"]
-        xt, masked, t_tok = noise(rng, x0, self.t_min, self.block_size)
+        xt, masked, t_tok = noise(rng, x0, self.t_min, self.block_size, self.pad_id,
+                                  self.mask_id)
         logits = denoiser_logits(self.model, params, xt, x0, self.block_size)
-        return weighted_losses(logits, x0, masked, t_tok), x0 != PAD_ID
+        return weighted_losses(logits, x0, masked, t_tok), real_tokens(x0, self.pad_id)
 
     def make_train_step(self, tx, schedule, shardings=None):
         def loss_fn(params, batch, rng):
@@ -100,7 +106,7 @@ class DiffusionObjective:
             rng = jax.random.fold_in(jax.random.key(self.seed + 1), checksum)
             losses, real = self.losses(params, batch, rng)
             return {"nats": jnp.sum(losses), "targets": real.sum(),
-                    "bytes": jnp.sum(real & (x0 < BYTE_VOCAB))}
+                    "bytes": text_bytes(x0, self.byte_lengths)}  # PAD: 0 bytes
 
         return jit_eval_step(eval_step, shardings)
 

@@ -32,9 +32,11 @@ import numpy as np
 import optax
 
 from zoo.config import ConfigError, ExperimentConfig, first_difference
+from zoo.data.hf_tokenizer import tokenizer_identity
+from zoo.data.tokenizer import Tokenizer
 from zoo.models import build_model
 from zoo.models.heads import DraftHeads, build_heads
-from zoo.runs import load_run
+from zoo.runs import load_run, tokenizer_for_run
 from zoo.train.steps import TrainState, apply_gradients, jit_eval_step, jit_train_step
 
 
@@ -112,9 +114,10 @@ class HeadsObjective:
     seed: int = 0  # Falcon's glancing draws from key(seed) folded with the step
 
     @classmethod
-    def from_config(cls, config: ExperimentConfig) -> "HeadsObjective":
-        """Load the target run named by `heads.target_run`; it must exist, hold a checkpoint, and
-        have the model config the experiment names (the heads are built for its shapes)."""
+    def from_config(cls, config: ExperimentConfig, tok: Tokenizer) -> "HeadsObjective":
+        """Load the target run named by `heads.target_run`; it must exist, hold a checkpoint,
+        have the model config the experiment names (the heads are built for its shapes), and
+        read text with `tok`, the tokenizer of the heads' data."""
         run = pathlib.Path(config.heads.target_run)
         try:
             target_config, target_params = load_run(run)
@@ -130,6 +133,10 @@ class HeadsObjective:
                              f"model.{diff}={getattr(target_config.model, diff)!r} but this "
                              f"config has model.{diff}={getattr(config.model, diff)!r}; the "
                              "heads need the target's model")
+        if tokenizer_identity(tokenizer_for_run(run, target_config)) != tokenizer_identity(tok):
+            raise ConfigError(f"heads.target_run={str(run)!r} reads text with another tokenizer "
+                              f"than data.tokenizer={config.data.tokenizer!r}; name the "
+                              "target's (its run directory holds it)")
         return cls(build_heads(config.heads, config.model), build_model(config.model),
                    target_params, config.train.seed)
 
@@ -197,5 +204,5 @@ def load_heads_run(run_dir, step: int | None = None):
     config, params = load_run(run_dir, step)
     if config.heads.kind == "none":
         raise ValueError(f"{run_dir} is not a draft-heads run (heads.kind is 'none')")
-    objective = HeadsObjective.from_config(config)
+    objective = HeadsObjective.from_config(config, tokenizer_for_run(run_dir, config))
     return config, objective.heads, params, objective.target, objective.target_params

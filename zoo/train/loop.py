@@ -22,6 +22,10 @@ The state lives on the mesh of `config.mesh` (all devices of all processes), sha
 its own rows. Process 0 writes the run's config, metrics (`metrics.jsonl` and TensorBoard,
 `zoo.train.metrics`), progress bar and any profile (`zoo.train.profiling`); every process takes
 part in checkpoint saves, which go wherever `train.run_dir` points (a shared disk or gs://).
+
+The text is zoo's bytes or the Hugging Face tokenizer `data.tokenizer` names (`data_tokenizer`,
+checked before any work); the run keeps its files (`zoo.runs.tokenizer_for_run` reads them) and
+the checkpoint its hash, so a run never resumes on another tokenizer's stream.
 """
 
 import dataclasses
@@ -37,8 +41,11 @@ from tqdm.auto import tqdm
 
 from zoo import config as config_lib
 from zoo.checkpoint import Checkpointer
+from zoo.data.hf_tokenizer import (BYTES, token_byte_lengths, tokenizer_at, tokenizer_identity,
+                                   write_run_tokenizer)
 from zoo.data.packing import BatchIterator, eval_batches, load_dataset
 from zoo.data.prefetch import Prefetcher
+from zoo.data.tokenizer import ByteTokenizer, Tokenizer
 from zoo.models import build_model
 from zoo.parallel import Layout, ShardingError
 from zoo.train.metrics import MetricsWriter
@@ -101,27 +108,68 @@ def evaluate(eval_step, params, batches, summarize=summarize_eval) -> dict:
     return summarize(totals)
 
 
-def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None = None):
-    """What `config` trains: the LM itself (its activations sharded over `layout`), or draft
-    heads on a frozen target run (loaded here, so a missing target fails before any other
-    work)."""
-    obj = config.objective
+def data_tokenizer(config: config_lib.ExperimentConfig) -> Tokenizer:
+    """The tokenizer of the run's text: `data.tokenizer`, or zoo's bytes when it is empty (and
+    for video, whose ids are patches). Refused, naming the key, when its file is missing or its
+    ids do not fit model.vocab_size."""
+    dc, vocab = config.data, config.model.vocab_size
+    if dc.is_video:
+        return ByteTokenizer()
+    try:
+        tok = tokenizer_at(dc.tokenizer) if dc.tokenizer else ByteTokenizer()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"data.tokenizer={dc.tokenizer!r}: {e}") from None
+    if tok.vocab_size > vocab:
+        what = f"data.tokenizer={dc.tokenizer!r}" if dc.tokenizer else "zoo's byte tokenizer"
+        raise config_lib.ConfigError(
+            f"{what} has {tok.vocab_size} token ids but model.vocab_size is {vocab}: raise "
+            "model.vocab_size or choose a smaller tokenizer")
+    return tok
+
+
+def loss_pad_id(tok: Tokenizer) -> int | None:
+    """The id left out of every loss: the tokenizer's PAD, unless it has none or its PAD is its
+    BOS or EOS (which the packed stream holds and the model must learn)."""
+    pad = tok.special_ids.get("pad")
+    return None if pad in (None, tok.bos_id, tok.eos_id) else pad
+
+
+def build_objective(config: config_lib.ExperimentConfig, layout: Layout | None = None,
+                    tok: Tokenizer | None = None):
+    """What `config` trains, on text tokenized by `tok` (default `data_tokenizer(config)`): the
+    LM itself (its activations sharded over `layout`), or draft heads on a frozen target run
+    (loaded here, so a missing target fails before any other work)."""
+    obj, tok = config.objective, tok or data_tokenizer(config)
+    if config.heads.kind != "none":
+        from zoo.train.heads import HeadsObjective  # the heads import jax-heavy target code
+        return HeadsObjective.from_config(config, tok)
+    if obj.kind == "masked_diffusion" and tok.mask_id is None:
+        raise config_lib.ConfigError(
+            f"objective.kind=masked_diffusion masks tokens with the tokenizer's mask token, and "
+            f"data.tokenizer={config.data.tokenizer!r} names none (mask_token in its "
+            "tokenizer_config.json)")
+    model = build_model(config.model, layout=layout)
+    byte_lengths = token_byte_lengths(tok, config.model.vocab_size)
     if obj.kind == "masked_diffusion":
         from zoo.train.diffusion import DiffusionObjective
-        return DiffusionObjective(build_model(config.model, layout=layout), obj.block_size,
-                                  obj.t_min, config.train.seed)
-    if config.heads.kind == "none":  # next token, or next block
-        return LMObjective(build_model(config.model, layout=layout), obj.shift)
-    from zoo.train.heads import HeadsObjective  # the heads import jax-heavy target code
-    return HeadsObjective.from_config(config)
+        return DiffusionObjective(model, byte_lengths, obj.block_size, obj.t_min,
+                                  config.train.seed, loss_pad_id(tok), tok.mask_id)
+    # next token, or next block
+    return LMObjective(model, byte_lengths, obj.shift, loss_pad_id(tok))
 
 
-def data_identity(config: config_lib.ExperimentConfig) -> dict:
+def data_identity(config: config_lib.ExperimentConfig, tok: Tokenizer) -> dict:
     """The data settings saved beside the iterator position, which only means the same batches
-    under the same settings (and the same target shift: 1 token, or one block)."""
+    under the same settings (the same tokenizer, by `tokenizer_identity`, and the same target
+    shift: 1 token, or one block)."""
     dc, shift = config.data, config.objective.shift
-    return {"corpus": dc.corpus, "seq_len": dc.seq_len, "batch_size": dc.batch_size,
-            "seed": dc.seed, "shuffle": dc.shuffle, **({"shift": shift} if shift != 1 else {})}
+    return {"corpus": dc.corpus, "tokenizer": tokenizer_identity(tok), "seq_len": dc.seq_len,
+            "batch_size": dc.batch_size, "seed": dc.seed, "shuffle": dc.shuffle,
+            **({"shift": shift} if shift != 1 else {})}
+
+
+# What a checkpoint written before a data setting was recorded had.
+_UNRECORDED = {"tokenizer": BYTES}
 
 
 def process_rows(global_batch: int) -> tuple[int, int]:
@@ -153,15 +201,17 @@ def global_batch(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def check_resumable(data_state: dict, config: config_lib.ExperimentConfig,
+def check_resumable(data_state: dict, config: config_lib.ExperimentConfig, tok: Tokenizer,
                     allow_schedule_change: bool = False) -> None:
     """Raise ResumeError, naming the key and both values, when a checkpoint's data settings
-    (or, unless allowed, its schedule settings) differ from `config`'s. A checkpoint written
-    before the schedule was recorded passes unchecked."""
-    for key, value in data_identity(config).items():
-        if data_state.get(key) != value:
-            raise ResumeError(f"cannot resume: the checkpoint's data.{key} is "
-                              f"{data_state.get(key)!r} but the config says {value!r}")
+    (its tokenizer's identity among them; `tok` is the config's) or, unless allowed, its
+    schedule settings differ from `config`'s. A checkpoint written before the schedule was
+    recorded passes unchecked."""
+    for key, value in data_identity(config, tok).items():
+        saved = data_state.get(key, _UNRECORDED.get(key))
+        if saved != value:
+            raise ResumeError(f"cannot resume: the checkpoint's data.{key} is {saved!r} but the "
+                              f"config says {value!r}")
     saved = data_state.get("schedule", {})
     for key, value in schedule_settings(config.train).items():
         if key in saved and saved[key] != value and not allow_schedule_change:
@@ -182,8 +232,9 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     `profile_steps` (A, B): trace steps A..B with `jax.profiler` (`zoo.train.profiling`)."""
     tc, dc = config.train, config.data
     check_steps(profile_steps, tc.steps)
+    tok = data_tokenizer(config)
     layout = Layout.from_config(config.mesh)
-    objective = build_objective(config, layout)
+    objective = build_objective(config, layout, tok)
     tx = make_optimizer(tc)
     schedule = learning_rate_schedule(tc)
     shardings, make_state = sharded_setup(config, objective, tx, layout)
@@ -197,7 +248,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
                               f"{checkpointer.latest_step()}); pass --resume to continue it or "
                               "choose another train.run_dir")
     if resuming:  # before the run's config.yaml is replaced
-        check_resumable(checkpointer.data_state(), config, allow_schedule_change)
+        check_resumable(checkpointer.data_state(), config, tok, allow_schedule_change)
         stacked = config.heads.kind == "none" and checkpointer.params_stacked()
         if config.heads.kind == "none" and stacked != config.model.scan_layers:
             layout = {True: "scanned (stacked)", False: "per-layer"}
@@ -210,9 +261,10 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_lib.dumps(config))
+        write_run_tokenizer(run_dir, tok)
 
     train_data, val_data = (load_dataset(dc.corpus, dc.data_dir, split, dc.seq_len,
-                                         config.objective.shift, dc.is_video)
+                                         config.objective.shift, dc.is_video, tok)
                             for split in ("train", "validation"))
     batches = BatchIterator(train_data, rows, seed=dc.seed, shuffle=dc.shuffle,
                             process_index=jax.process_index(), process_count=jax.process_count())
@@ -224,7 +276,7 @@ def train(config: config_lib.ExperimentConfig, *, resume: bool = False,
     if resuming:
         state, data_state = checkpointer.restore(state)
         batches.set_state(data_state)
-    saved_json = {**data_identity(config), "schedule": schedule_settings(tc)}
+    saved_json = {**data_identity(config, tok), "schedule": schedule_settings(tc)}
     train_step = objective.make_train_step(tx, schedule, shardings)
     eval_step = objective.make_eval_step(shardings)
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zoo.data.tokenizer import BYTE_VOCAB, PAD_ID
+from zoo.data.tokenizer import PAD_ID
 
 
 @flax.struct.dataclass
@@ -69,26 +69,38 @@ def jit_eval_step(fn, shardings: StepShardings | None, *extra_in):
     return jax.jit(fn) if shardings is None else shardings.jit_eval_step(fn, *extra_in)
 
 
-def token_losses(model, params, batch, block_size: int = 1):
+def real_tokens(ids, pad_id: int | None):
+    """bool mask of the ids that count in a loss: all but PAD (all, when there is no PAD)."""
+    return jnp.ones(ids.shape, bool) if pad_id is None else ids != pad_id
+
+
+def text_bytes(ids, byte_lengths):
+    """The bytes of text `ids` stand for: the sum of `byte_lengths[id]` (int32[vocab], see
+    `zoo.data.hf_tokenizer.token_byte_lengths`; zoo's bytes: 1 below 256, 0 for specials)."""
+    return jnp.sum(jnp.take(jnp.asarray(byte_lengths), ids))
+
+
+def token_losses(model, params, batch, block_size: int = 1, pad_id: int | None = PAD_ID):
     """Per-target cross-entropy (nats, float32) and the mask of real (non-PAD) targets; with
     `block_size` > 1 under a block-causal mask (next-block prediction)."""
     mask = dict(mask="block_causal", block_size=block_size) if block_size > 1 else {}
     logits, _ = model.forward(params, batch["inputs"], **mask)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    return losses, batch["targets"] != PAD_ID
+    return losses, real_tokens(batch["targets"], pad_id)
 
 
-def mean_token_loss(model, params, batch, block_size: int = 1):
+def mean_token_loss(model, params, batch, block_size: int = 1, pad_id: int | None = PAD_ID):
     """The training loss: mean cross-entropy over the real targets."""
-    losses, mask = token_losses(model, params, batch, block_size)
+    losses, mask = token_losses(model, params, batch, block_size, pad_id)
     return jnp.sum(losses * mask) / jnp.maximum(mask.sum(), 1)
 
 
 def make_train_step(model, tx, schedule, shardings: StepShardings | None = None,
-                    block_size: int = 1):
+                    block_size: int = 1, pad_id: int | None = PAD_ID):
     def train_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(
-            lambda params: mean_token_loss(model, params, batch, block_size))(state.params)
+            lambda params: mean_token_loss(model, params, batch, block_size, pad_id))(
+                state.params)
         return apply_gradients(state, loss, grads, tx, schedule)
 
     return jit_train_step(train_step, shardings)
@@ -104,11 +116,14 @@ def apply_gradients(state: TrainState, loss, grads, tx, schedule):
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_eval_step(model, shardings: StepShardings | None = None, block_size: int = 1):
+def make_eval_step(model, byte_lengths, shardings: StepShardings | None = None,
+                   block_size: int = 1, pad_id: int | None = PAD_ID):
+    """The eval step's sums: nats and count of the real targets, and the bytes of text of all
+    targets (`text_bytes` by `byte_lengths`)."""
     def eval_step(params, batch):
-        losses, mask = token_losses(model, params, batch, block_size)
+        losses, mask = token_losses(model, params, batch, block_size, pad_id)
         return {"nats": jnp.sum(losses * mask), "targets": mask.sum(),
-                "bytes": jnp.sum(batch["targets"] < BYTE_VOCAB)}
+                "bytes": text_bytes(batch["targets"], byte_lengths)}
 
     return jit_eval_step(eval_step, shardings)
 
@@ -119,7 +134,7 @@ def summarize_eval(totals: dict) -> dict:
             "val_bits_per_byte": float(totals["nats"] / math.log(2) / max(totals["bytes"], 1))}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LMObjective:
     """What an LM run trains: the model's own cross-entropy on the data, predicting the next
     token (block_size 1, causal) or the next block (next-block prediction: block-causal
@@ -135,7 +150,9 @@ class LMObjective:
     """
 
     model: Any  # a DecodingModel
+    byte_lengths: Any  # int32[vocab]: bytes of text per id, for bits per byte (`text_bytes`)
     block_size: int = 1  # 1: next token; > 1: next block
+    pad_id: int | None = PAD_ID  # the tokenizer's PAD, left out of the loss; None: none is
 
     def init(self, rng):
         return self.model.init(rng)
@@ -144,10 +161,12 @@ class LMObjective:
         return self.model.logical_axes()
 
     def make_train_step(self, tx, schedule, shardings=None):
-        return make_train_step(self.model, tx, schedule, shardings, self.block_size)
+        return make_train_step(self.model, tx, schedule, shardings, self.block_size,
+                               self.pad_id)
 
     def make_eval_step(self, shardings=None):
-        return make_eval_step(self.model, shardings, self.block_size)
+        return make_eval_step(self.model, self.byte_lengths, shardings, self.block_size,
+                              self.pad_id)
 
     def summarize(self, totals: dict) -> dict:
         return summarize_eval(totals)

@@ -99,7 +99,8 @@ def dry_run(config, devices: int | None = None) -> int:
 
     try:
         result = sizing.size(config, devices=devices)
-    except (ShardingError, FileNotFoundError) as e:
+    except (ShardingError, FileNotFoundError, config_lib.ConfigError) as e:  # e.g. a tokenizer
+        # larger than the model
         print(f"zoo-train: {e}", file=sys.stderr)
         return 2
     print(sizing.report(config, result), flush=True)

@@ -16,12 +16,14 @@ import transformers
 from launch.export import export_main, import_main
 from launch.generate import main as generate_main
 from zoo import config as config_lib
+from zoo.checkpoint import Checkpointer
 from zoo.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, HFTokenizer
 from zoo.data.tokenizer import ByteTokenizer
 from zoo.decode import ar
 from zoo.export import hf, llama
 from zoo.models import build_model
 from zoo.runs import load_run, tokenizer_for_run
+from zoo.train.loop import check_resumable, data_tokenizer
 
 from conftest import code_bpe, tiny_model_config, zoo_completion
 from hf_reference import random_hf_model
@@ -67,6 +69,10 @@ def test_imported_llama_generates_like_transformers_and_exports_its_tokenizer(bp
             "input_ids"].shape[1]:].tolist()
     assert len(want) == 20  # no EOS among them: all 20 compared
     config, params = load_run(run)
+    # Fine-tuning the run reads its own tokenizer, the one its checkpoint records.
+    checkpointer = Checkpointer(run / "checkpoints", async_save=False)
+    check_resumable(checkpointer.data_state(), config, data_tokenizer(config))
+    checkpointer.close()
     got = ar.generate(build_model(config.model), params, [tok.encode(PROMPT, bos=True)],
                       max_new_tokens=20, eos_id=tok.eos_id, pad_id=tok.pad_id)
     assert got.tokens[0].tolist() == want

@@ -17,7 +17,7 @@ from zoo import config as config_lib
 from zoo.models import build_model
 from zoo.train import sizing
 
-from conftest import REPO
+from conftest import REPO, code_bpe
 
 TINY = "configs/experiments/tiny.yaml"
 EIGHT = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -68,7 +68,7 @@ def test_dry_run_sizes_follow_the_shardings():
         assert 0.5 < abstract["temp_bytes"] / real["temp_bytes"] < 2
 
 
-def test_dry_run_cli_reports_and_rejects_what_does_not_divide(capsys):
+def test_dry_run_cli_reports_and_rejects_what_does_not_divide(capsys, tmp_path):
     """--devices 8 sizes an abstract mesh in this process (which has one device)."""
     def run(*args):
         code = train_cli.main(["--dry-run", "--devices", "8", "--config", TINY, *args])
@@ -85,6 +85,9 @@ def test_dry_run_cli_reports_and_rejects_what_does_not_divide(capsys):
     code, out, err = run("mesh.data=8", "data.batch_size=12")
     assert code == 2
     assert "data.batch_size=12 does not divide over mesh axes ('data', 'fsdp') of size 8" in err
+    code_bpe(vocab_size=300).save(str(tmp_path / "tokenizer.json"))  # tiny's vocabulary is 260
+    code, out, err = run(f"data.tokenizer={tmp_path / 'tokenizer.json'}")
+    assert code == 2 and "has 300 token ids but model.vocab_size is 260" in err
 
 
 # The logical axes DEFAULT_RULES splits over each mesh axis.

@@ -114,9 +114,13 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
     base = experiment or config_lib.ExperimentConfig()
     model_config = dataclasses.replace(module.zoo_config(hf_config),
                                        scan_layers=base.model.scan_layers, remat=base.model.remat)
-    config = dataclasses.replace(base, model=model_config, train=dataclasses.replace(
-        base.train, run_dir=str(out_dir)))
     tok = load_tokenizer(hf_dir, model_config.vocab_size, fallback_ids=hf_config)
+    # Training on the run reads text through the tokenizer kept in it (data.tokenizer), which
+    # is also the one its step-0 checkpoint records: `zoo-train --resume` fine-tunes as is.
+    data = dataclasses.replace(base.data, tokenizer=str(out_dir) if isinstance(tok, HFTokenizer)
+                               else "")
+    config = dataclasses.replace(base, model=model_config, data=data, train=dataclasses.replace(
+        base.train, run_dir=str(out_dir)))
     layout = _spread_layout(config)
     params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype,
                      place=_placement(model_config, layout))

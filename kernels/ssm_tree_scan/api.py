@@ -9,7 +9,8 @@
 
 A Pallas backend forced on a platform it was not written for runs in Pallas interpret mode (TPU
 kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every backend runs
-everywhere. `node_state` (the state after one node, for commit) is pure jnp on every platform.
+everywhere. `node_state` and `path_state` (the state after one node, for commit) are pure jnp on
+every platform.
 """
 
 from kernels import backends
@@ -59,19 +60,25 @@ def _check_shapes(op: str, x, B, **tensors):
                              f"shape {x.shape} and B of shape {B.shape}")
 
 
-def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, backend: str = "auto"):
+def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, backend: str = "auto", ancestors=None):
     """Mamba2 outputs of T tree nodes, each as if decoded along its root-to-node path from h0.
 
     Shapes: x [Bt, T, H, P]; dt [Bt, T, H] (positive); A, D [H]; B, C [Bt, T, G, N] shared by
     the H // G heads of a group; h0 [Bt, H, P, N] float32; parents int32[Bt, T] (topological,
-    roots -1, a forest is allowed). Returns (y [Bt, T, H, P] in x's dtype, log_decay
-    [Bt, T, H] float32, the root-to-node sum of dt * A).
+    roots -1, a forest is allowed). `ancestors`: `kernels.trees.ancestor_mask(parents)` if the
+    caller has it (a model builds it once per extend for all its layers); the XLA path reads it,
+    the Pallas kernels build the mask in-kernel. Returns (y [Bt, T, H, P] in x's dtype,
+    log_decay [Bt, T, H] float32, the root-to-node sum of dt * A).
     """
     bt, t, h, p, n = _dims("ssm_tree_scan", x, B)
     _check_shapes("ssm_tree_scan", x, B, dt=(dt, (bt, t, h)), A=(A, (h,)), C=(C, B.shape),
                   D=(D, (h,)), h0=(h0, (bt, h, p, n)), parents=(parents, (bt, t)))
-    impl = _IMPLEMENTATIONS[resolve_backend(backend, x, B)]
-    return impl(x, dt, A, B, C, D, h0, parents)
+    name = resolve_backend(backend, x, B)
+    if name == "xla":
+        if ancestors is not None:
+            _check_shapes("ssm_tree_scan", x, B, ancestors=(ancestors, (bt, t, t)))
+        return xla.ssm_tree_scan(x, dt, A, B, C, D, h0, parents, ancestors)
+    return _IMPLEMENTATIONS[name](x, dt, A, B, C, D, h0, parents)
 
 
 def node_state(x, dt, B, log_decay, h0, parents, node):
@@ -81,3 +88,12 @@ def node_state(x, dt, B, log_decay, h0, parents, node):
     _check_shapes("node_state", x, B, dt=(dt, (bt, t, h)), log_decay=(log_decay, (bt, t, h)),
                   h0=(h0, (bt, h, p, n)), parents=(parents, (bt, t)), node=(node, (bt,)))
     return xla.node_state(x, dt, B, log_decay, h0, parents, node)
+
+
+def path_state(x, dt, B, log_decay, h0, on_path, node):
+    """`node_state` with the node's root-to-node path given as a mask, bool[Bt, T] (no node
+    where node is -1): a commit reads it off the accepted path, with no ancestor mask."""
+    bt, t, h, p, n = _dims("path_state", x, B)
+    _check_shapes("path_state", x, B, dt=(dt, (bt, t, h)), log_decay=(log_decay, (bt, t, h)),
+                  h0=(h0, (bt, h, p, n)), on_path=(on_path, (bt, t)), node=(node, (bt,)))
+    return xla.path_state(x, dt, B, log_decay, h0, on_path, node)

@@ -23,12 +23,13 @@ def _log_decay(dt, A, anc):
     return jnp.einsum("bij,bjh->bih", anc.astype(jnp.float32), step, precision=_HIGHEST)
 
 
-def ssm_tree_scan(x, dt, A, B, C, D, h0, parents):
-    """Same contract as `kernels.ssm_tree_scan.reference.ssm_tree_scan`."""
+def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, ancestors=None):
+    """Same contract as `kernels.ssm_tree_scan.reference.ssm_tree_scan`; `ancestors` is
+    `ancestor_mask(parents)` when the caller already has it (built once for all layers)."""
     bt, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     f32 = jnp.float32
-    anc = ancestor_mask(parents)  # [B, T, T]
+    anc = ancestor_mask(parents) if ancestors is None else ancestors  # [B, T, T]
     log_decay = _log_decay(dt, A, anc)
     s = log_decay.reshape(bt, t, g, h // g).transpose(0, 2, 3, 1)  # [B, G, H/G, T]
     exponent = jnp.where(anc[:, None, None], s[..., :, None] - s[..., None, :], -jnp.inf)
@@ -44,8 +45,9 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents):
     return y.reshape(bt, t, h, p).astype(x.dtype), log_decay
 
 
-def node_state(x, dt, B, log_decay, h0, parents, node):
+def path_state(x, dt, B, log_decay, h0, on_path, node):
     """The state after node `node[b]` of each row, float32 [B, H, P, N]; h0 where node is -1.
+    on_path bool[B, T]: the nodes of its root-to-node path (none where node is -1).
 
     h_i = exp(S_i) h0 + sum over j in anc(i) of exp(S_i - S_j) dt_j x_j B_jᵀ, with S = log_decay
     from `ssm_tree_scan`: one weighted sum over the node's path, no scan.
@@ -55,8 +57,6 @@ def node_state(x, dt, B, log_decay, h0, parents, node):
     f32 = jnp.float32
     has_node = node >= 0
     index = jnp.maximum(node, 0)
-    on_path = jnp.take_along_axis(ancestor_mask(parents), index[:, None, None], axis=1)[:, 0]
-    on_path = on_path & has_node[:, None]  # [B, T]
     s_node = jnp.where(has_node[:, None],
                        jnp.take_along_axis(log_decay, index[:, None, None], axis=1)[:, 0], 0.0)
     exponent = jnp.where(on_path[..., None], s_node[:, None] - log_decay, -jnp.inf)  # [B, T, H]
@@ -65,3 +65,10 @@ def node_state(x, dt, B, log_decay, h0, parents, node):
                            x.astype(f32).reshape(bt, t, g, h // g, p), B.astype(f32),
                            precision=_HIGHEST).reshape(bt, h, p, n)
     return jnp.exp(s_node)[..., None, None] * h0.astype(f32) + from_path
+
+
+def node_state(x, dt, B, log_decay, h0, parents, node):
+    """`path_state` with the path read from the tree: the ancestor mask's row at `node`."""
+    index = jnp.maximum(node, 0)
+    on_path = jnp.take_along_axis(ancestor_mask(parents), index[:, None, None], axis=1)[:, 0]
+    return path_state(x, dt, B, log_decay, h0, on_path & (node >= 0)[:, None], node)

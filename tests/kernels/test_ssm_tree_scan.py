@@ -1,6 +1,7 @@
 """The Mamba2 (SSD) tree scan: the reference against a brute-force walk of every root-to-node path
 (ALGORITHMS.md section 5), and every backend (XLA, Pallas TPU and GPU kernels in interpret mode)
-against the reference; `node_state` against the reference's per-node states; dispatch errors; and
+against the reference; `node_state` and `path_state` against the reference's per-node states;
+a given ancestor mask is the one the XLA path reads; dispatch errors; and
 lowering of the kernels to Mosaic (TPU) and Triton (GPU) IR, as far as a CPU machine can take them.
 """
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.ssm_tree_scan import api, gpu, node_state, reference, ssm_tree_scan, tpu, xla
+from kernels.ssm_tree_scan import (api, gpu, node_state, path_state, reference, ssm_tree_scan,
+                                   tpu, xla)
+from kernels.trees import ancestor_mask, chain_parents
 
 from conftest import random_parents
 
@@ -28,6 +31,7 @@ run_reference = jax.jit(reference.ssm_tree_scan)
 reference_states = jax.jit(reference.node_states)
 scan = jax.jit(ssm_tree_scan, static_argnames="backend")
 state_after = jax.jit(node_state)
+state_on_path = jax.jit(path_state)
 
 
 def _parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
@@ -182,6 +186,40 @@ def test_node_state_equals_reference_states(bt, t, h, g, kind, nodes):
     want = np.stack([h0[b] if i < 0 else states[b, i] for b, i in enumerate(nodes)])
     assert got.shape == h0.shape and got.dtype == jnp.float32
     _assert_close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("bt, t, h, g, kind, nodes", [
+    (3, 7, 4, 2, "bushy", [6, -1, 3]), (2, 16, 2, 1, "forest", [0, 15])])
+def test_path_state_equals_reference_states(bt, t, h, g, kind, nodes):
+    """The state after a node from its root-to-node path as a mask (what a commit reads off the
+    accepted path; no nodes for -1)."""
+    x, dt, A, B, C, D, h0, parents = _inputs(t + bt, bt, t, h, g, 16, 32, kind)
+    _, log_decay = scan(x, dt, A, B, C, D, h0, parents, backend="xla")
+    on_path = np.zeros((bt, t), bool)
+    for row, node in enumerate(nodes):
+        while node >= 0:
+            on_path[row, node], node = True, int(parents[row, node])
+    got = state_on_path(x, dt, B, log_decay, h0, jnp.asarray(on_path), jnp.asarray(nodes))
+    states = reference_states(x, dt, A, B, h0, parents)
+    want = np.stack([h0[b] if i < 0 else states[b, i] for b, i in enumerate(nodes)])
+    assert got.shape == h0.shape and got.dtype == jnp.float32
+    _assert_close(got, want, 1e-5)
+
+
+def test_xla_path_reads_the_ancestor_mask_it_is_given():
+    """A model builds the mask once per extend for all layers: the XLA path uses the one it is
+    given (here a chain's while parents say star, so the result is the chain's), and names a
+    misshapen one."""
+    args = _inputs(5, 2, 9, 4, 2, 16, 16, "star")
+    chain = jnp.broadcast_to(chain_parents(9), (2, 9))
+    want_y, want_s = run_reference(*args[:7], chain)
+    got_y, got_s = jax.jit(functools.partial(ssm_tree_scan, backend="xla"))(
+        *args, ancestors=ancestor_mask(chain))
+    _assert_close(got_y, want_y, 1e-4)
+    _assert_close(got_s, want_s, 1e-5)
+    with pytest.raises(ValueError, match=re.escape(
+            "ssm_tree_scan: ancestors has shape (2, 9, 8), expected (2, 9, 9)")):
+        ssm_tree_scan(*args, backend="xla", ancestors=jnp.zeros((2, 9, 8), bool))
 
 
 def test_committed_state_continues_the_decode():

@@ -1,4 +1,5 @@
-"""The Mamba2 mixer's convolutions: over a tree each node reads its own ancestors."""
+"""The Mamba2 mixer's convolutions: over a tree each node reads its own ancestors; the commit's
+window and path mask."""
 
 import chex
 import jax
@@ -6,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.layers.mamba2 import causal_conv, tree_conv
-from zoo.layers.ssm_cache import advance_window
+from zoo.layers.mamba2 import causal_conv, conv_rows, tree_conv
+from kernels.trees import ancestor_mask
+from zoo.layers.ssm_cache import advance_window, path_mask
 
 from conftest import random_parents
 
@@ -31,7 +33,7 @@ def test_tree_conv_equals_the_sequence_conv_along_every_path(kind, t):
     weight, bias = jax.random.normal(k[1], (W, C)), jax.random.normal(k[2], (C,))
     window = jax.random.normal(k[3], (2, W - 1, C))
     parents = np.stack([random_parents(rng, t, kind) for _ in range(2)])
-    got = tree_conv(inputs, weight, bias, window, jnp.asarray(parents, jnp.int32))
+    got = tree_conv(inputs, weight, bias, window, conv_rows(jnp.asarray(parents, jnp.int32), W))
     for row in range(2):
         for node in range(t):
             path = _path(parents[row], node)
@@ -46,3 +48,21 @@ def test_advance_window_keeps_the_last_inputs_per_row():
     np.testing.assert_array_equal(out, [[0, 1, 2], [5, 14, 15]])
     out = advance_window(window, inputs, jnp.array([4, 1]))[..., 0]
     np.testing.assert_array_equal(out, [[11, 12, 13], [4, 5, 14]])
+
+
+
+def test_path_mask_is_the_ancestor_mask_row_of_the_last_accepted_node():
+    """A commit reads the accepted node's path off the verdict (root first, zero-padded), not
+    off the tree; with nothing accepted, no node."""
+    rng = np.random.default_rng(3)
+    parents = np.stack([random_parents(rng, 9, "random") for _ in range(4)])
+    last = [8, 0, 5, -1]
+    path, n = np.zeros((4, 9), np.int32), np.zeros(4, np.int32)
+    for row, node in enumerate(last):
+        walk = _path(parents[row], node)
+        path[row, :len(walk)], n[row] = walk, len(walk)
+    got = np.asarray(path_mask(jnp.asarray(path), jnp.asarray(n), 9))
+    anc = np.asarray(ancestor_mask(jnp.asarray(parents, jnp.int32)))
+    want = np.stack([anc[row, node] if node >= 0 else np.zeros(9, bool)
+                     for row, node in enumerate(last)])
+    np.testing.assert_array_equal(got, want)

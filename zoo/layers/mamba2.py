@@ -9,17 +9,19 @@ Whole sequences (training, prefill) run the chunked SSD from a zero state and re
 cache for decoding: the last w - 1 convolution inputs and the SSM state, both at each row's own
 length. `extend` runs T tree nodes on top of a cache: the convolution reads each node's ancestors
 (reaching into the cached window above the root) and the SSM is the tree scan of
-`kernels.ssm_tree_scan`; nothing is committed.
+`kernels.ssm_tree_scan`; nothing is committed. What the layers read from the tree (the ancestor
+mask, the convolution's source rows) is an `ExtendTree`, built once per extend for all layers.
 """
 
 import math
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from kernels.ssm_tree_scan import ssm_tree_scan
-from kernels.trees import node_depths
+from kernels.trees import ancestor_mask, as_chains, node_depths
 from zoo.layers.params import dense
 from zoo.layers.ssd import ssd_chunked
 from zoo.layers.ssm_cache import advance_window
@@ -33,25 +35,48 @@ def causal_conv(inputs, weight, bias, window):
     return sum(padded[:, j:j + length] * weight[j] for j in range(w)) + bias
 
 
-def tree_conv(inputs, weight, bias, window, parents):
+def conv_rows(parents, width: int):
+    """int32[B, T, width]: the row of `window ++ inputs` ([B, width - 1 + T, C]) that each tap
+    of each node's convolution reads, oldest tap first: the node's lag-th ancestor (lag =
+    width - 1 - tap), or where its path is shorter, the cached window above its root."""
+    chain, depth = as_chains(parents), node_depths(parents)
+    ancestor = jnp.broadcast_to(jnp.arange(parents.shape[-1]), parents.shape)
+    rows = [width - 1 + ancestor]  # lag 0: the node itself
+    for lag in range(1, width):
+        ancestor = jnp.where(ancestor >= 0, jnp.take_along_axis(
+            chain, jnp.maximum(ancestor, 0), axis=-1), -1)  # the lag-th ancestor, or -1
+        rows.append(jnp.where(ancestor >= 0, width - 1 + ancestor, width - 1 + depth - lag))
+    return jnp.stack(rows[::-1], axis=-1)
+
+
+def tree_conv(inputs, weight, bias, window, rows):
     """The same convolution over a tree: node i reads itself and its w - 1 nearest ancestors;
     where its path is shorter, the cached window above the root (ALGORITHMS.md section 5).
 
-    inputs [B, T, C]; parents int32[B, T]; window [B, w - 1, C].
+    inputs [B, T, C]; window [B, w - 1, C]; rows int32[B, T, w] from `conv_rows`. One gather
+    of all taps (XLA:CPU runs each gather as its own loop), then the weighted sum.
     """
-    w = weight.shape[0]
-    depth = node_depths(parents)  # [B, T]
-    ancestor = jnp.broadcast_to(jnp.arange(parents.shape[1]), parents.shape)
-    out = inputs * weight[w - 1]
-    for lag in range(1, w):
-        ancestor = jnp.where(ancestor >= 0, jnp.take_along_axis(
-            parents, jnp.maximum(ancestor, 0), axis=1), -1)  # the lag-th ancestor, or -1
-        from_tree = jnp.take_along_axis(inputs, jnp.maximum(ancestor, 0)[..., None], axis=1)
-        from_window = jnp.take_along_axis(
-            window.astype(inputs.dtype), jnp.clip(w - 1 - (lag - depth), 0, w - 2)[..., None],
-            axis=1)
-        out = out + jnp.where((ancestor >= 0)[..., None], from_tree, from_window) * weight[w - 1 - lag]
-    return out + bias
+    b, t, w = rows.shape
+    if t == 1:  # a lone node is a root: the sequence convolution, with slices for the gather
+        return causal_conv(inputs, weight, bias, window)
+    padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1)
+    taps = jnp.take_along_axis(padded, rows.reshape(b, t * w, 1), axis=1).reshape(b, t, w, -1)
+    return sum(taps[:, :, k] * weight[k] for k in range(w)) + bias
+
+
+@flax.struct.dataclass
+class ExtendTree:
+    """The tree of one extend as every Mamba2 layer reads it, built once by `extend_tree`:
+    parents int32[B, T]; ancestors bool[B, T, T] (`kernels.trees.ancestor_mask`); conv_rows
+    int32[B, T, w] (`conv_rows`)."""
+
+    parents: jnp.ndarray
+    ancestors: jnp.ndarray
+    conv_rows: jnp.ndarray
+
+
+def extend_tree(parents, conv_width: int) -> ExtendTree:
+    return ExtendTree(parents, ancestor_mask(parents), conv_rows(parents, conv_width))
 
 
 def _dt_bias_init(dt_min=1e-3, dt_max=0.1):
@@ -150,10 +175,11 @@ class Mamba2Mixer(nn.Module):
         y, state = ssd_chunked(x, dt, a, b, c, d, chunk_size=self.chunk_size)
         return self._output(y, z), (advance_window(empty, xbc, lengths), state)
 
-    def extend(self, u, conv_window, ssm_state, parents):
+    def extend(self, u, conv_window, ssm_state, tree: ExtendTree):
         """T tree nodes u [B, T, E] on top of the cache -> (out, pending pieces)."""
         z, xbc, dt = self._project(u)
-        conv_out = tree_conv(xbc, *self._conv_params(), conv_window, parents)
+        conv_out = tree_conv(xbc, *self._conv_params(), conv_window, tree.conv_rows)
         x, b, c, dt, a, d = self._ssm_inputs(conv_out, dt)
-        y, log_decay = ssm_tree_scan(x, dt, a, b, c, d, ssm_state, parents, backend=self.backend)
+        y, log_decay = ssm_tree_scan(x, dt, a, b, c, d, ssm_state, tree.parents,
+                                     backend=self.backend, ancestors=tree.ancestors)
         return self._output(y, z), (xbc, x, dt, b, log_decay)

@@ -10,7 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kernels.ssm_tree_scan import node_state
+from kernels.ssm_tree_scan import path_state
 
 
 @flax.struct.dataclass
@@ -33,15 +33,14 @@ class SSMCache:
 @flax.struct.dataclass
 class SSMPending:
     """What T extended-but-uncommitted tree nodes leave behind, one entry per Mamba2 layer:
-    conv_inputs [B, T, C]; x [B, T, H, P]; dt, log_decay [B, T, H]; B [B, T, G, N]; and the
-    tree's parents [B, T]."""
+    conv_inputs [B, T, C]; x [B, T, H, P]; dt, log_decay [B, T, H]; B [B, T, G, N]. The tree
+    itself is not kept: a commit reads the accepted node's ancestors off the accepted path."""
 
     conv_inputs: tuple
     x: tuple
     dt: tuple
     B: tuple
     log_decay: tuple
-    parents: jnp.ndarray
 
 
 def advance_window(window, inputs, n):
@@ -55,6 +54,15 @@ def advance_window(window, inputs, n):
     return jnp.take_along_axis(joined, index[:, :, None], axis=1)
 
 
+def path_mask(path, n_accepted, n_nodes: int):
+    """bool[B, n_nodes]: node j is one of `path[b, :n_accepted[b]]`. The accepted path is the
+    last accepted node's root-to-node path, so this is that node's ancestor mask row, read off
+    the verdict once for all layers instead of rebuilt from the tree in each."""
+    accepted = jnp.arange(path.shape[1]) < n_accepted[:, None]  # [B, D + 1]
+    hit = (path[:, :, None] == jnp.arange(n_nodes)) & accepted[:, :, None]
+    return jnp.any(hit, axis=1)
+
+
 def commit_ssm(cache: SSMCache, pending: SSMPending, path, n_accepted) -> SSMCache:
     """Move every Mamba2 layer to the last accepted node `path[b, n_accepted[b] - 1]`.
 
@@ -63,9 +71,10 @@ def commit_ssm(cache: SSMCache, pending: SSMPending, path, n_accepted) -> SSMCac
     """
     rows = jnp.arange(path.shape[0])
     last = jnp.where(n_accepted > 0, path[rows, jnp.maximum(n_accepted - 1, 0)], -1)
+    on_path = path_mask(path, n_accepted, pending.x[0].shape[1])
     conv = tuple(advance_window(window, inputs[rows[:, None], path], n_accepted)
                  for window, inputs in zip(cache.conv, pending.conv_inputs))
-    state = tuple(node_state(x, dt, B, log_decay, start, pending.parents, last)
+    state = tuple(path_state(x, dt, B, log_decay, start, on_path, last)
                   for x, dt, B, log_decay, start in zip(pending.x, pending.dt, pending.B,
                                                         pending.log_decay, cache.state))
     return SSMCache(conv, state)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from kernels.trees import node_depths
 from zoo.layers.attention import attention_mask
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
-from zoo.layers.mamba2 import Mamba2Mixer
+from zoo.layers.mamba2 import Mamba2Mixer, extend_tree
 from zoo.layers.params import rms_norm
 from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
 from zoo.models.protocol import after_forward
@@ -66,8 +66,8 @@ class MambaBlock(nn.Module):
         out, cache = self.mixer(self.norm(x), lengths)
         return x + out, cache
 
-    def extend(self, x, conv_window, ssm_state, parents):
-        out, pending = self.mixer.extend(self.norm(x), conv_window, ssm_state, parents)
+    def extend(self, x, conv_window, ssm_state, tree):
+        out, pending = self.mixer.extend(self.norm(x), conv_window, ssm_state, tree)
         return x + out, pending
 
 
@@ -99,6 +99,8 @@ class HybridBackbone(Transformer):
             return self.run_scanned(tokens, positions, mask, logits_at)
         x = constrain(self.layout, self.embed(tokens), RESIDUAL)
         attention, mamba = [], []
+        if cache is not None and "m" in self.config.layers:
+            tree = extend_tree(parents, self.config.ssm_conv_width)  # once, for every layer
         for kind, block in zip(self.config.layers, self.blocks):
             if kind == "a":
                 i = len(attention)
@@ -111,7 +113,7 @@ class HybridBackbone(Transformer):
                 mamba.append(state)
             else:
                 i = len(mamba)
-                x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], parents)
+                x, pending = block.extend(x, cache.ssm.conv[i], cache.ssm.state[i], tree)
                 mamba.append(pending)
             x = constrain(self.layout, x, RESIDUAL)
         logits, hidden = self.head(x, logits_at)
@@ -177,7 +179,7 @@ class MambaLM(TransformerLM):
             {"params": params}, tokens, positions, cache=cache, parents=parents)
         if attention is None:
             attention = ((), ())
-        ssm = None if mamba is None else SSMPending(*mamba, parents=parents)
+        ssm = None if mamba is None else SSMPending(*mamba)
         return logits, hidden, after_forward(HybridPending(KVPending(*attention), ssm), logits)
 
     def commit(self, cache: HybridCache, pending: HybridPending, path, n_accepted) -> HybridCache:

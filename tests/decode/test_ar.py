@@ -7,6 +7,10 @@ from zoo.data.tokenizer import EOS_ID, PAD_ID
 from zoo.decode import ar
 from zoo.decode.ar import generate
 from zoo.decode.sampling import Sampler
+from zoo.layers.kv_cache import KVCache
+from zoo.models import build_model
+
+from conftest import tiny_model_config, tiny_ssm_config
 
 PROMPTS = [[256, 10, 20, 30], [256, 5], [256, 7, 8, 9, 1, 2, 3, 4, 5, 6, 11]]
 
@@ -102,3 +106,39 @@ def test_tight_cache_smaller_than_bucket(tiny_model_and_params):
     out = _greedy(model, params, [[1, 2, 3]], 5, eos_id=-1, max_len=8)
     np.testing.assert_array_equal(out.tokens, _greedy(model, params, [[1, 2, 3]], 5,
                                                       eos_id=-1).tokens)
+
+
+def test_cache_sizes_are_halves_of_max_len_from_the_prompt_to_its_end():
+    assert ar.capacities(32, 100, 512) == [128, 256]  # a 32-token bucket + 100 tokens: 132 slots
+    assert ar.capacities(64, 64, 512) == [128]
+    assert ar.capacities(320, 8, 512) == [512]  # the bucket alone needs 512
+    assert ar.capacities(32, 2000, 1024) == [128, 256, 512, 1024]
+    assert ar.capacities(32, 100, 200) == [200]  # no half of 200 is a multiple of 128
+    with pytest.raises(ValueError, match="a KV cache of 256 slots cannot grow to 128"):
+        KVCache.zeros(1, 1, 256, 1, 8, jnp.float32).grow(128)
+
+
+@pytest.mark.parametrize("config", [tiny_model_config(), tiny_ssm_config("hybrid")],
+                         ids=["transformer", "hybrid"])
+def test_cache_grows_with_the_rows(monkeypatch, config):
+    """A 100-token row fills 128 slots at step 29 of 40: the loop goes on over 256 slots, and every
+    row gets the tokens of one 256-slot cache."""
+    model = build_model(config)
+    params = model.init(jax.random.key(0))
+    slots, extend = [], type(model).extend
+
+    def spy(self, params, cache, *args):
+        slots.append(getattr(cache, "kv", cache).max_len)  # at trace time: once per loop
+        return extend(self, params, cache, *args)
+
+    monkeypatch.setattr(type(model), "extend", spy)
+    ar._decode.clear_cache()
+    prompts = [[256, *range(1, 100)], *PROMPTS[:2]]  # a 128-token bucket
+    grown = _greedy(model, params, prompts, 40, eos_id=-1, max_len=256)
+    assert slots == [128, 256]
+    monkeypatch.setattr(ar, "capacities", lambda prompt_len, new, max_len: [max_len])
+    ar._decode.clear_cache()
+    one = _greedy(model, params, prompts, 40, eos_id=-1, max_len=256)
+    assert slots[2:] == [256]
+    np.testing.assert_array_equal(grown.tokens, one.tokens)
+    np.testing.assert_array_equal(grown.num_tokens, [40, 40, 40])

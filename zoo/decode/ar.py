@@ -3,6 +3,13 @@
 Prompts of different lengths are left-aligned and padded to a bucket; `prefill` fills the KV
 cache, then a `lax.while_loop` runs `extend` (a one-node chain) + sample + `commit` until every
 row has emitted EOS or `max_new_tokens`. The host sees nothing until the loop ends.
+
+The KV cache grows as the rows do (`capacities`): the loop starts on the smallest power-of-two
+fraction of `max_len` that holds the prompt bucket, and when the longest row fills it, the cache is
+copied once into the next size and a loop over that size resumes. A step's attention then reads a
+whole cache that is at most twice the longest row, where a full-size cache would have it either
+read every slot or copy the prefix it needs out of each layer's cache on every step (XLA:CPU
+materialises a slice before a matmul).
 """
 
 import dataclasses
@@ -13,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.tree_attention.xla import read_lengths
 from zoo.decode.sampling import Sampler
+from zoo.layers.kv_cache import grow_kv, has_kv
 
 PROMPT_BUCKET = 32  # prompts are padded to a multiple of this: one compile per bucket
 CACHE_BUCKET = 128
@@ -83,6 +92,17 @@ def prepare_request(prompts, *, vocab_size: int, pad_id: int, max_new_tokens: in
     return tokens, lengths, rng, max_len
 
 
+def capacities(prompt_len: int, max_new_tokens: int, max_len: int) -> list[int]:
+    """The KV-cache sizes a decode loop grows through, smallest first: the sizes the XLA
+    attention reads (`read_lengths(max_len)`: max_len, max_len / 2, ... >= 128) that are
+    multiples of CACHE_BUCKET, from the smallest holding the prompt bucket to the smallest holding
+    the bucket and every new token (max_len at most). One size when max_len has no such halves."""
+    sizes = [n for n in read_lengths(max_len) if n % CACHE_BUCKET == 0 and n >= prompt_len]
+    sizes = [n for n in sizes if n < prompt_len + max_new_tokens] + [
+        next((n for n in sizes if n >= prompt_len + max_new_tokens), max_len)]
+    return sorted(set(sizes))
+
+
 def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampler: Sampler = Sampler(), rng=None, eos_id: int, pad_id: int,
              max_len: int | None = None) -> Generation:
@@ -104,9 +124,12 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                                              "eos_id", "pad_id"))
 def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max_len, eos_id,
             pad_id):
-    batch = tokens.shape[0]
-    logits, _, cache = model.prefill(params, tokens, lengths, max_len,
+    batch, prompt_len = tokens.shape
+    sizes = capacities(prompt_len, max_new_tokens, max_len)
+    logits, _, cache = model.prefill(params, tokens, lengths, sizes[0],
                                      logits_at=(lengths - 1)[:, None])
+    if not has_kv(cache):  # nothing to grow (a pure SSM model): one loop
+        cache, sizes = grow_kv(cache, max_len), [max_len]
     first = sampler.sample(jax.random.fold_in(rng, 0), logits[:, 0])
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_id
@@ -114,9 +137,12 @@ def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max
     chain = jnp.full((batch, 1), -1, jnp.int32)  # a one-node tree: plain decoding
     first_node = jnp.zeros((batch, 1), jnp.int32)
 
-    def cond(state):
-        step, _, _, _, done, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
+    def cond(state, size):
+        step, cache, _, _, done, _ = state
+        go = (step < max_new_tokens) & ~jnp.all(done)
+        if size == sizes[-1]:  # holds every row to its end
+            return go
+        return go & (jnp.max(cache.lengths) < size)  # the next token fits
 
     def body(state):
         step, cache, last, out, done, num = state
@@ -129,5 +155,9 @@ def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max
         return step + 1, cache, token, out, done | (token == eos_id), num
 
     state = (jnp.int32(1), cache, first, out, done, num)
-    _, _, _, out, _, num = jax.lax.while_loop(cond, body, state)
+    for i, size in enumerate(sizes):
+        if i:  # the longest row filled the size before (or all are done): one copy, go on
+            state = (state[0], grow_kv(state[1], size), *state[2:])
+        state = jax.lax.while_loop(functools.partial(cond, size=size), body, state)
+    _, _, _, out, _, num = state
     return out, num

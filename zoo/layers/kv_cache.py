@@ -1,6 +1,8 @@
-"""The attention KV cache pytree and its commit (compaction of an accepted tree path)."""
+"""The attention KV cache pytree, its commit (compaction of an accepted tree path) and its growth
+(more slots, the committed ones kept)."""
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 
@@ -41,6 +43,30 @@ class KVCache:
         vs = tuple(c.at[:, :, :t].set(v[i].transpose(0, 2, 1, 3).astype(c.dtype))
                    for i, c in enumerate(self.v))
         return KVCache(ks, vs, jnp.asarray(lengths, jnp.int32), self.max_len)
+
+    def grow(self, max_len: int) -> "KVCache":
+        """The cache with `max_len` slots per layer (>= S): the committed slots kept, the new
+        ones garbage (zeros), lengths unchanged."""
+        if max_len < self.max_len:
+            raise ValueError(f"a KV cache of {self.max_len} slots cannot grow to {max_len}")
+        pad = ((0, 0), (0, 0), (0, max_len - self.max_len), (0, 0))
+        return KVCache(tuple(jnp.pad(c, pad) for c in self.k),
+                       tuple(jnp.pad(c, pad) for c in self.v), self.lengths, max_len)
+
+
+def _is_kv(x) -> bool:
+    return isinstance(x, KVCache)
+
+
+def grow_kv(cache, max_len: int):
+    """`cache` (a KVCache or a pytree holding some, e.g. a hybrid model's) with every KVCache
+    grown to `max_len` slots; everything else (SSM states) unchanged."""
+    return jax.tree.map(lambda x: x.grow(max_len) if _is_kv(x) else x, cache, is_leaf=_is_kv)
+
+
+def has_kv(cache) -> bool:
+    """Whether `cache` holds attention keys and values (a pure SSM model's holds none)."""
+    return any(_is_kv(x) and x.n_layers for x in jax.tree.leaves(cache, is_leaf=_is_kv))
 
 
 @flax.struct.dataclass

@@ -87,8 +87,11 @@ def _drafter(name, model, params, noisy_target):
     return TokenRecycling(model.vocab_size, PRESETS["medusa_small"]), None
 
 
-@pytest.mark.parametrize("batch", [1, 3, 8])
-@pytest.mark.parametrize("name", ["chain", "tree", "static_tree", "recycling"])
+# Every drafter at 3 (ragged) and 8 rows; one row for a chain and a static tree.
+@pytest.mark.parametrize("name,batch", [(name, batch) for name in ("chain", "tree", "static_tree",
+                                                                   "recycling")
+                                        for batch in (1, 3, 8)
+                                        if batch > 1 or name in ("chain", "recycling")])
 def test_greedy_speculative_equals_ar(tiny_model_and_params, noisy_target, reference, name,
                                      batch):
     model, params = tiny_model_and_params
@@ -99,7 +102,6 @@ def test_greedy_speculative_equals_ar(tiny_model_and_params, noisy_target, refer
                                eos_id=eos, pad_id=PAD_ID)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.num_tokens, want.num_tokens)
-    assert got.tau >= 1.0
     if name == "tree":
         assert got.tau > 2.0
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.layers.mamba2 import causal_conv, conv_rows, tree_conv
+from zoo.layers.mamba2 import causal_conv, conv_taps, tree_conv
 from kernels.trees import ancestor_mask
 from zoo.layers.ssm_cache import advance_window, path_mask
 
@@ -33,7 +33,7 @@ def test_tree_conv_equals_the_sequence_conv_along_every_path(kind, t):
     weight, bias = jax.random.normal(k[1], (W, C)), jax.random.normal(k[2], (C,))
     window = jax.random.normal(k[3], (2, W - 1, C))
     parents = np.stack([random_parents(rng, t, kind) for _ in range(2)])
-    got = tree_conv(inputs, weight, bias, window, conv_rows(jnp.asarray(parents, jnp.int32), W))
+    got = tree_conv(inputs, weight, bias, window, conv_taps(jnp.asarray(parents, jnp.int32), W))
     for row in range(2):
         for node in range(t):
             path = _path(parents[row], node)

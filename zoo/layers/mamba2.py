@@ -10,7 +10,7 @@ cache for decoding: the last w - 1 convolution inputs and the SSM state, both at
 length. `extend` runs T tree nodes on top of a cache: the convolution reads each node's ancestors
 (reaching into the cached window above the root) and the SSM is the tree scan of
 `kernels.ssm_tree_scan`; nothing is committed. What the layers read from the tree (the ancestor
-mask, the convolution's source rows) is an `ExtendTree`, built once per extend for all layers.
+mask, the convolution's taps) is an `ExtendTree`, built once per extend for all layers.
 """
 
 import math
@@ -35,7 +35,7 @@ def causal_conv(inputs, weight, bias, window):
     return sum(padded[:, j:j + length] * weight[j] for j in range(w)) + bias
 
 
-def conv_rows(parents, width: int):
+def _conv_rows(parents, width: int):
     """int32[B, T, width]: the row of `window ++ inputs` ([B, width - 1 + T, C]) that each tap
     of each node's convolution reads, oldest tap first: the node's lag-th ancestor (lag =
     width - 1 - tap), or where its path is shorter, the cached window above its root."""
@@ -49,34 +49,45 @@ def conv_rows(parents, width: int):
     return jnp.stack(rows[::-1], axis=-1)
 
 
-def tree_conv(inputs, weight, bias, window, rows):
+def conv_taps(parents, width: int):
+    """float32[B, T, width * M], one-hot, M = width - 1 + T: entry [b, i, k * M + m] is 1 where
+    tap k (oldest first) of node i's convolution reads row m of `window ++ inputs`."""
+    b, t = parents.shape
+    one_hot = _conv_rows(parents, width)[..., None] == jnp.arange(width - 1 + t)
+    return one_hot.reshape(b, t, -1).astype(jnp.float32)
+
+
+def tree_conv(inputs, weight, bias, window, taps):
     """The same convolution over a tree: node i reads itself and its w - 1 nearest ancestors;
     where its path is shorter, the cached window above the root (ALGORITHMS.md section 5).
 
-    inputs [B, T, C]; window [B, w - 1, C]; rows int32[B, T, w] from `conv_rows`. One gather
-    of all taps (XLA:CPU runs each gather as its own loop), then the weighted sum.
+    inputs [B, T, C]; window [B, w - 1, C]; taps [B, T, w * (w - 1 + T)] from `conv_taps`.
+    One matmul: the taps pick from every row of `window ++ inputs` scaled by every tap's weight.
+    A gather instead would be a slow loop on XLA:CPU, which the SSM's consumers of the
+    convolution would then re-run in each of their fusions; a matmul's result is computed once.
     """
-    b, t, w = rows.shape
-    if t == 1:  # a lone node is a root: the sequence convolution, with slices for the gather
+    if inputs.shape[1] == 1:  # a lone node is a root: the sequence convolution, with slices
         return causal_conv(inputs, weight, bias, window)
-    padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1)
-    taps = jnp.take_along_axis(padded, rows.reshape(b, t * w, 1), axis=1).reshape(b, t, w, -1)
-    return sum(taps[:, :, k] * weight[k] for k in range(w)) + bias
+    padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1)  # [B, M, C]
+    scaled = weight[None, :, None, :] * padded[:, None]  # [B, w, M, C]
+    scaled = scaled.reshape(padded.shape[0], -1, padded.shape[2])
+    return jnp.einsum("bik,bkc->bic", taps.astype(inputs.dtype), scaled,
+                      precision=jax.lax.Precision.HIGHEST) + bias
 
 
 @flax.struct.dataclass
 class ExtendTree:
     """The tree of one extend as every Mamba2 layer reads it, built once by `extend_tree`:
-    parents int32[B, T]; ancestors bool[B, T, T] (`kernels.trees.ancestor_mask`); conv_rows
-    int32[B, T, w] (`conv_rows`)."""
+    parents int32[B, T]; ancestors bool[B, T, T] (`kernels.trees.ancestor_mask`); conv_taps
+    float32[B, T, w * (w - 1 + T)] (`conv_taps`)."""
 
     parents: jnp.ndarray
     ancestors: jnp.ndarray
-    conv_rows: jnp.ndarray
+    conv_taps: jnp.ndarray
 
 
 def extend_tree(parents, conv_width: int) -> ExtendTree:
-    return ExtendTree(parents, ancestor_mask(parents), conv_rows(parents, conv_width))
+    return ExtendTree(parents, ancestor_mask(parents), conv_taps(parents, conv_width))
 
 
 def _dt_bias_init(dt_min=1e-3, dt_max=0.1):
@@ -178,7 +189,7 @@ class Mamba2Mixer(nn.Module):
     def extend(self, u, conv_window, ssm_state, tree: ExtendTree):
         """T tree nodes u [B, T, E] on top of the cache -> (out, pending pieces)."""
         z, xbc, dt = self._project(u)
-        conv_out = tree_conv(xbc, *self._conv_params(), conv_window, tree.conv_rows)
+        conv_out = tree_conv(xbc, *self._conv_params(), conv_window, tree.conv_taps)
         x, b, c, dt, a, d = self._ssm_inputs(conv_out, dt)
         y, log_decay = ssm_tree_scan(x, dt, a, b, c, d, ssm_state, tree.parents,
                                      backend=self.backend, ancestors=tree.ancestors)

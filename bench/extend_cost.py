@@ -99,9 +99,12 @@ def measure(batches, repeats, steps: int = 8) -> list[dict]:
     return rows
 
 
-def measure_in(checkout: pathlib.Path, batches, repeats) -> list[dict]:
-    """`measure` in a fresh process importing `checkout`'s zoo and kernels."""
+def measure_in(checkout: pathlib.Path, batches, repeats, xla_flags=None) -> list[dict]:
+    """`measure` in a fresh process importing `checkout`'s zoo and kernels (with `xla_flags` as
+    its XLA_FLAGS, if given)."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     out = subprocess.run([sys.executable, __file__, "--worker", "--repeats", str(repeats),
                           "--batches", *map(str, batches)],
                          env=env, cwd=checkout, check=True, stdout=subprocess.PIPE, text=True)
@@ -132,30 +135,37 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--before", type=pathlib.Path, help="another checkout to compare with")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--xla-flags", help="XLA_FLAGS for the measuring processes, e.g. "
+                        "--xla_cpu_experimental_ynn_fusion_type= (XLA:CPU's dots without YNNPACK)")
+    parser.add_argument("--name", default="extend_cost", help="result file name")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:  # JSON keys are strings: T back to int in `medians`' callers
         print(json.dumps(measure(args.batches, args.repeats)))
         return
     if args.before is None:
-        rows = measure(args.batches, args.repeats)
+        rows = (measure(args.batches, args.repeats) if args.xla_flags is None else
+                measure_in(REPO, args.batches, args.repeats, args.xla_flags))
         print(table(rows))
-        write_result("extend_cost", {"machine": machine(), "rows": rows}, table(rows))
+        write_result(args.name, {"machine": machine(), "xla_flags": args.xla_flags,
+                                 "rows": rows}, table(rows))
         return
     runs = {"before": [], "after": []}
     for _ in range(args.rounds):
         for label, checkout in (("before", args.before), ("after", REPO)):
-            rows = measure_in(checkout.resolve(), args.batches, args.repeats)
+            rows = measure_in(checkout.resolve(), args.batches, args.repeats, args.xla_flags)
             runs[label].append([dict(r, **{key: {int(t): s for t, s in r[key].items()}
                                                for key in ("seconds", "matmul_seconds")})
                                 for r in rows])
     note = (f"\n\nMedians over {args.rounds} rounds, each measuring the code before and after in "
-            f"turn (separate processes); before = {args.before}.")
-    for label, name in (("before", "extend_cost_before"), ("after", "extend_cost")):
+            f"turn (separate processes); before = {args.before}"
+            + (f"; XLA_FLAGS={args.xla_flags}" if args.xla_flags is not None else "") + ".")
+    for label, name in (("before", f"{args.name}_before"), ("after", args.name)):
         rows = medians(runs[label])
         print(f"{label}:\n{table(rows)}")
-        write_result(name, {"machine": machine(), "rounds": args.rounds, "rows": rows,
-                            "runs": runs[label]}, table(rows) + note)
+        write_result(name, {"machine": machine(), "xla_flags": args.xla_flags,
+                            "rounds": args.rounds, "rows": rows, "runs": runs[label]},
+                     table(rows) + note)
 
 
 if __name__ == "__main__":

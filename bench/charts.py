@@ -190,8 +190,8 @@ def ar_throughput(results):
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch (prompts decoded together)")
     ax.set_ylabel("generated tokens/s")
-    ax.set_title(f"AR greedy decoding: {results['config']['name']}, "
-                 f"{results['new_tokens']} new tokens")
+    ax.set_title(f"AR greedy decoding: {results['config']['name']} "
+                 f"({results['config']['model']['dtype']}), {results['new_tokens']} new tokens")
     ax.legend(loc="upper left")
     return fig
 
@@ -210,7 +210,8 @@ def losses(run_dirs):
 
 # Result name patterns (bench/results/<name>.json) and the chart each gets as <name>.png.
 CHARTS = {"speculative*": speedup, "extend_cost": extend_cost, "ssm_tree_scan": tree_scan,
-          "parallel": parallel_memory, "ar_decode": ar_throughput}
+          "parallel": parallel_memory, "ar_decode": ar_throughput,
+          "ar_decode_bfloat16": ar_throughput}
 
 
 def chart_for(name: str):

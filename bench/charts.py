@@ -209,7 +209,8 @@ def losses(run_dirs):
 
 
 # Result name patterns (bench/results/<name>.json) and the chart each gets as <name>.png.
-CHARTS = {"speculative*": speedup, "extend_cost": extend_cost, "ssm_tree_scan": tree_scan,
+CHARTS = {"speculative*": speedup, "extend_cost": extend_cost,
+          "extend_cost_bfloat16": extend_cost, "ssm_tree_scan": tree_scan,
           "parallel": parallel_memory, "ar_decode": ar_throughput,
           "ar_decode_bfloat16": ar_throughput}
 

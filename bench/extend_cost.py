@@ -3,6 +3,7 @@
     python bench/extend_cost.py            # transformer, Mamba2, hybrid (code_* sizes), batch 1
     python bench/extend_cost.py --batches 1 16
     python bench/extend_cost.py --before /tmp/old   # and another checkout, for a before/after
+    python bench/extend_cost.py --dtype bfloat16    # weights, activations and caches in bf16
 
 For each model (random weights: the cost does not depend on them) and batch, the seconds of one
 target step (extend of a T-node chain + verification + commit, run in a jitted loop as the
@@ -58,7 +59,7 @@ def matmul_steps(params, batch: int, t: int, steps: int):
     return functools.partial(jax.jit(run), kernels, inputs)
 
 
-def measure(batches, repeats, steps: int = 8) -> list[dict]:
+def measure(batches, repeats, dtype: str = "float32", steps: int = 8) -> list[dict]:
     """[{model, batch, seconds: {T: s}, matmul_seconds: {T: s}}] with the `zoo` on sys.path: the
     loop of target steps that `zoo.decode.calibration.extend_costs` times, every T compiled
     first, then `repeats` rounds of a block of calls per T in turn (the median of each block,
@@ -75,7 +76,8 @@ def measure(batches, repeats, steps: int = 8) -> list[dict]:
 
     rows = []
     for name, path in MODELS.items():
-        model = build_model(config_lib.load(REPO / path).model)
+        overrides = [f"model.dtype={dtype}", f"model.param_dtype={dtype}"]
+        model = build_model(config_lib.load(REPO / path, overrides).model)
         params = model.init(jax.random.key(0))
         for batch in batches:
             prompts = [[(7 * i + j) % 250 + 3 for j in range(96)] for i in range(batch)]
@@ -99,14 +101,15 @@ def measure(batches, repeats, steps: int = 8) -> list[dict]:
     return rows
 
 
-def measure_in(checkout: pathlib.Path, batches, repeats, xla_flags=None) -> list[dict]:
+def measure_in(checkout: pathlib.Path, batches, repeats, xla_flags=None,
+               dtype: str = "float32") -> list[dict]:
     """`measure` in a fresh process importing `checkout`'s zoo and kernels (with `xla_flags` as
     its XLA_FLAGS, if given)."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
     out = subprocess.run([sys.executable, __file__, "--worker", "--repeats", str(repeats),
-                          "--batches", *map(str, batches)],
+                          "--dtype", dtype, "--batches", *map(str, batches)],
                          env=env, cwd=checkout, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(out.stdout)
 
@@ -137,23 +140,27 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--xla-flags", help="XLA_FLAGS for the measuring processes, e.g. "
                         "--xla_cpu_experimental_ynn_fusion_type= (XLA:CPU's dots without YNNPACK)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model.dtype and model.param_dtype of every model")
     parser.add_argument("--name", default="extend_cost", help="result file name")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:  # JSON keys are strings: T back to int in `medians`' callers
-        print(json.dumps(measure(args.batches, args.repeats)))
+        print(json.dumps(measure(args.batches, args.repeats, args.dtype)))
         return
     if args.before is None:
-        rows = (measure(args.batches, args.repeats) if args.xla_flags is None else
-                measure_in(REPO, args.batches, args.repeats, args.xla_flags))
+        rows = (measure(args.batches, args.repeats, args.dtype) if args.xla_flags is None else
+                measure_in(REPO, args.batches, args.repeats, args.xla_flags, args.dtype))
         print(table(rows))
         write_result(args.name, {"machine": machine(), "xla_flags": args.xla_flags,
-                                 "rows": rows}, table(rows))
+                                 "dtype": args.dtype, "rows": rows},
+                     table(rows) + f"\n\nModels in {args.dtype}.")
         return
     runs = {"before": [], "after": []}
     for _ in range(args.rounds):
         for label, checkout in (("before", args.before), ("after", REPO)):
-            rows = measure_in(checkout.resolve(), args.batches, args.repeats, args.xla_flags)
+            rows = measure_in(checkout.resolve(), args.batches, args.repeats, args.xla_flags,
+                              args.dtype)
             runs[label].append([dict(r, **{key: {int(t): s for t, s in r[key].items()}
                                                for key in ("seconds", "matmul_seconds")})
                                 for r in rows])

@@ -65,6 +65,21 @@ def test_bfloat16_gemms_accumulate_in_float32_and_match_float32_maths():
                                 atol=2e-2 * float(jnp.max(jnp.abs(want_x))))
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_bfloat16_gemms_of_few_rows_run_as_four(rows):
+    """XLA:CPU's 1-3 row bfloat16 GEMM is its slow path (10x at one row): such inputs are padded
+    to 4 rows, and each row's numbers are those of the same row in a 4-row input."""
+    x4 = jax.random.normal(jax.random.key(0), (4, 32), jnp.bfloat16)
+    layer = _layer(jnp.bfloat16, 1, 24)
+    params = layer.init(jax.random.key(1), x4)
+    dots = [e for e in _eqns(jax.make_jaxpr(layer.apply)(params, x4[:rows]).jaxpr)
+            if e.primitive.name == "dot_general"]
+    assert [d.invars[0].aval.shape for d in dots] == [(4, 32)]
+    y = layer.apply(params, x4[:rows])
+    assert y.shape == (rows, 24)
+    chex.assert_trees_all_equal(y, layer.apply(params, x4)[:rows])
+
+
 def _eqns(jaxpr):
     """Every equation of `jaxpr`, inside call-like ones (custom_vjp, pjit) too."""
     for eqn in jaxpr.eqns:

@@ -3,6 +3,7 @@
     python bench/speculative.py            # trains the reference models once (cached in runs/bench)
     python bench/speculative.py --quick    # batch 1 only, fewer tokens: a smoke run
     python bench/speculative.py --target configs/experiments/code_mamba.yaml   # or code_hybrid
+    python bench/speculative.py --dtype bfloat16   # the target served in bfloat16
 
 The default target is configs/experiments/code_ref.yaml; the draft LM, Medusa and Hydra heads are
 trained once after it (runs/bench/*, ~35 min on 2 CPU cores in all), and the Falcon drafter (a
@@ -17,9 +18,15 @@ decode with the tree `--tree auto` picks for that drafter, batch and temperature
 once, cached in the target's run; "none" means plain decoding). Prompts are the openings of the
 corpus' validation files. Greedy rows also check that the speculative tokens equal the AR
 tokens.
+
+With --dtype the target runs in that dtype (`zoo.models.in_dtype`; draft heads follow it), and
+the AR baseline is the faster of plain decoding in the run's dtype and in that one, both timed in
+the same run: a tree step of bfloat16 GEMMs costs little more than one node on this CPU's AMX, but
+at small sizes a bfloat16 1-node step can be slower than a float32 one.
 """
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -38,7 +45,7 @@ from zoo.data.tokenizer import ByteTokenizer  # noqa: E402
 from zoo.decode import ar, speculative  # noqa: E402
 from zoo.decode.calibration import extend_costs  # noqa: E402
 from zoo.decode.sampling import Sampler  # noqa: E402
-from zoo.models import build_model  # noqa: E402
+from zoo.models import build_model, in_dtype  # noqa: E402
 from zoo.quality import distinct_ngrams  # noqa: E402
 from zoo.runs import load_run  # noqa: E402
 
@@ -80,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--drafters", nargs="+", help="default: every drafter the target has")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.8])
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                        help="run the target in this dtype (default: the run's)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.new_tokens, args.repeats = [1], 48, 1
@@ -96,7 +105,13 @@ def main(argv=None):
                    *[HEADS[kind] for kind in HEAD_DRAFTERS if kind in needed])
     run_dir = config_lib.load(args.target).train.run_dir
     config, params = load_run(run_dir)
+    trained_config, trained_params = config, params  # plain decoding in the run's own dtype
+    if args.dtype is not None:
+        model_config, params = in_dtype(config.model, params, args.dtype)
+        config = dataclasses.replace(config, model=model_config)
     target = build_model(config.model)
+    other_dtype = trained_config.model.dtype != config.model.dtype
+    trained_target = build_model(trained_config.model)
     # One target step (extend + verify + commit) per tree size, run as the engine runs it.
     cost = extend_costs(target, params, [[1] * 256], COST_SIZES)
     weight_mb = sum(p.nbytes for p in jax.tree.leaves(params)) / 1e6
@@ -115,7 +130,13 @@ def main(argv=None):
             rng = jax.random.key(0)
             base, ar_s = timed(lambda: ar.generate(target, params, prompts, sampler=sampler,
                                                    rng=rng, **common), args.repeats)
-            ar_tps = base.num_tokens.sum() / ar_s
+            ar_tps, ar_dtype = base.num_tokens.sum() / ar_s, config.model.dtype
+            if other_dtype:  # the strongest plain decoding: the faster dtype
+                other, other_s = timed(lambda: ar.generate(
+                    trained_target, trained_params, prompts, sampler=sampler, rng=rng, **common),
+                    args.repeats)
+                if other.num_tokens.sum() / other_s > ar_tps:
+                    ar_tps, ar_dtype = other.num_tokens.sum() / other_s, trained_config.model.dtype
             # Repetition of the plain decode: greedy loops inflate every drafter's acceptance.
             distinct = distinct_ngrams([row[:n] for row, n in zip(base.tokens.tolist(),
                                                                   base.num_tokens)])
@@ -146,7 +167,8 @@ def main(argv=None):
                          else None)
                 record = {"drafter": name, "tree": shown, "batch": batch,
                           "temperature": temperature, "tau": tau, "tokens_per_s": tps,
-                          "ar_tokens_per_s": ar_tps, "speedup": tps / ar_tps, "exact": exact,
+                          "ar_tokens_per_s": ar_tps, "ar_dtype": ar_dtype,
+                          "speedup": tps / ar_tps, "exact": exact,
                           "ar_distinct_4grams": distinct}
                 records.append(record)
                 rows.append([name, shown or "—", batch, temperature, f"{tau:.2f}",
@@ -158,17 +180,21 @@ def main(argv=None):
                 jax.clear_caches()
     table = markdown_table(["drafter", "tree", "batch", "temp", "τ", "tokens/s", "AR tokens/s",
                             "speedup", "= AR", "AR distinct 4-grams"], rows)
-    table += (f"\n\nTarget {config.name} ({weight_mb:.0f} MB of float32 weights), "
+    table += (f"\n\nTarget {config.name} ({weight_mb:.0f} MB of {config.model.dtype} weights), "
               f"{args.new_tokens} new tokens per prompt, median of {args.repeats} runs after a "
               "compile run; τ = tokens emitted per target forward. One extend of T nodes costs "
               + ", ".join(f"{c / cost[1]:.2f}x (T={t})" for t, c in cost.items())
               + " a 1-node step. AR distinct 4-grams: the fraction of the plain decode's 4-byte "
-              "spans that are distinct (1.0 never repeats; low = looping text, which flatters τ).")
+              "spans that are distinct (1.0 never repeats; low = looping text, which flatters τ)."
+              + (f" AR tokens/s: the faster of plain decoding in {trained_config.model.dtype} and "
+                 f"in {config.model.dtype} (= AR compares with the {config.model.dtype} tokens)."
+                 if other_dtype else ""))
     print(table)
     payload = {"machine": machine(), "target": config_lib.to_dict(config),
                "step_cost_seconds": cost, "new_tokens": args.new_tokens,
                "repeats": args.repeats, "results": records, "time": time.time()}
-    name = "speculative" + ("" if args.target == CODE_REF else f"_{config.name}")
+    name = ("speculative" + ("" if args.target == CODE_REF else f"_{config.name}")
+            + (f"_{config.model.dtype}" if other_dtype else ""))
     print(f"wrote {write_result(name + ('_quick' if args.quick else ''), payload, table)}")
 
 

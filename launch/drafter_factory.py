@@ -16,6 +16,7 @@ draft_dynamic also takes `auto` (`choose_tree`): the tree, chain or no speculati
 maximises measured tokens/s on this device and batch.
 """
 
+import dataclasses
 import pathlib
 import re
 
@@ -26,7 +27,7 @@ from zoo.decode.drafters import (DraftModelChain, DraftModelStaticTree, DraftMod
                                  PromptLookup, TokenRecycling)
 from zoo.decode.head_drafters import FalconDrafter, HydraDrafter, MedusaDrafter
 from zoo.decode.trees import PRESETS, StaticTree, chain_tree
-from zoo.models import build_model
+from zoo.models import build_model, cast_params
 from zoo.runs import load_run, tokenizer_for_run
 
 DRAFT_EXPERIMENT = "code_draft"  # in configs/experiments/
@@ -107,12 +108,17 @@ def _heads(run, target_config, target_params, kind):
         raise ValueError(f"{run} is an LM run, not a run of {kind} heads")
     if config.heads.kind != kind:
         raise ValueError(f"{run} holds {config.heads.kind!r} heads, not {kind!r} heads")
-    diff = config_lib.first_difference(config.model, target_config.model)
+    # Heads serve in the dtype their target serves in (zoo-generate --dtype); the rest must match.
+    dtypes = {"dtype": target_config.model.dtype, "param_dtype": target_config.model.param_dtype}
+    serving = dataclasses.replace(config.model, **dtypes)
+    diff = config_lib.first_difference(serving, target_config.model)
     if diff:
         raise ValueError(f"the heads in {run} were trained for a target with model.{diff}="
                          f"{getattr(config.model, diff)!r}, this target has "
                          f"{getattr(target_config.model, diff)!r}")
-    return build_heads(config.heads, config.model), {"heads": params, "target": target_params}
+    if serving.param_dtype != config.model.param_dtype:
+        params = cast_params(params, serving.param_dtype)
+    return build_heads(config.heads, serving), {"heads": params, "target": target_params}
 
 
 def make_drafter(name: str, *, tree: str | StaticTree | None, target_config, target_params,
@@ -188,11 +194,13 @@ def max_depth_of(name: str, draft_run=None) -> int:
 
 
 def calibration_key(name: str, *, batch: int, sampler, depth: int, fan: int,
-                    draft_run=None) -> str:
-    """What a calibration depends on besides the target: drafter, device, batch, sampling."""
+                    draft_run=None, dtype: str = "float32") -> str:
+    """What a calibration depends on besides the target: drafter, device, batch, sampling, and
+    the dtype the target runs in (named when not float32, so older keys stay valid)."""
     device = jax.devices()[0]
     return (f"{name} | draft {draft_run or '-'} | {device.platform} {device.device_kind} | "
-            f"batch {batch} | temperature {sampler.temperature} | depth {depth} fan {fan}")
+            f"batch {batch} | temperature {sampler.temperature} | depth {depth} fan {fan}"
+            + ("" if dtype == "float32" else f" | dtype {dtype}"))
 
 
 def choose_tree(name: str, *, target_config, target_params, sampler, run_dir, batch: int,
@@ -206,7 +214,7 @@ def choose_tree(name: str, *, target_config, target_params, sampler, run_dir, ba
     depth = max_depth_of(name, draft_run)
     fan = 1 if name in CHAIN_DRAFTERS else AUTO_FAN
     key = calibration_key(name, batch=batch, sampler=sampler, depth=depth, fan=fan,
-                          draft_run=draft_run)
+                          draft_run=draft_run, dtype=target_config.model.dtype)
     path = pathlib.Path(run_dir) / calibration.FILENAME
     cal = calibration.load(path, key)
     if cal is None:  # measure once: load the drafter and run the target on corpus prompts

@@ -71,6 +71,9 @@ def main(argv=None) -> int:
                         help="backend of the tree kernels (tree attention, SSM tree scan): "
                              "auto, xla, reference, pallas_tpu, pallas_gpu (a Pallas kernel off "
                              "its platform runs interpreted; default: the run's decode config)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                        help="run the model (weights, activations, caches) in this dtype "
+                             "(default: the run's); draft heads follow it, draft LMs keep theirs")
     parser.add_argument("--draft-checkpoint",
                         help="run directory of the draft LM (draft*) or of the heads (medusa, "
                              "hydra, falcon)")
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     from launch.drafter_factory import choose_tree, make_drafter
     from zoo.decode import ar, next_block, speculative
     from zoo.decode.sampling import Sampler
-    from zoo.models import build_model
+    from zoo.models import build_model, in_dtype
     from zoo.runs import load_run, tokenizer_for_run
 
     try:  # a text run's tokenizer is checked against its model before the params load
@@ -124,6 +127,9 @@ def main(argv=None) -> int:
                 f"{args.checkpoint} is a run of {config.heads.kind} draft heads, not a model; "
                 f"decode with their target: --checkpoint {config.heads.target_run} "
                 f"--speculative {config.heads.kind} --draft-checkpoint {args.checkpoint}")
+        if args.dtype is not None:
+            model_config, params = in_dtype(config.model, params, args.dtype)
+            config = dataclasses.replace(config, model=model_config)
         if args.kernel_backend is not None:
             config = dataclasses.replace(config, decode=dataclasses.replace(
                 config.decode, kernel_backend=args.kernel_backend))

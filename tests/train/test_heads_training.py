@@ -274,6 +274,32 @@ def test_zoo_generate_tree_auto_follows_the_calibration(target_run, capsys, name
         assert "outputs identical" in out, out
 
 
+def test_zoo_generate_serves_a_float32_run_in_bfloat16(target_run, medusa_run, capsys):
+    """--dtype bfloat16: speculative decoding of the cast target (float32 heads on its bfloat16
+    hidden states) emits the cast target's greedy tokens, and --tree auto reads the calibration
+    of the bfloat16 target, not the float32 one's."""
+    from launch.drafter_factory import AUTO_FAN, AUTO_MAX_DEPTH, calibration_key
+    from launch.generate import main as generate_cli
+    from zoo.decode import calibration
+    from zoo.decode.sampling import Sampler
+    from zoo.decode.tree_search import Costs
+
+    common = ["--checkpoint", str(target_run), "--prompt", "def f(x):", "--temperature", "0",
+              "--max-new-tokens", "12", "--dtype", "bfloat16"]
+    assert generate_cli(common + ["--speculative", "medusa", "--draft-checkpoint",
+                                  str(medusa_run)]) == 0
+    assert "outputs identical" in capsys.readouterr().out
+    keys = {dtype: calibration_key("recycling", batch=1, sampler=Sampler(), depth=AUTO_MAX_DEPTH,
+                                   fan=AUTO_FAN, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    for dtype, acceptance, draft_s in (("float32", 0.9, 0.0), ("bfloat16", 0.01, 5e-3)):
+        calibration.save(target_run / calibration.FILENAME, keys[dtype], calibration.Calibration(
+            ((acceptance, acceptance),), Costs({1: 1e-3, 64: 1e-3},
+                                               (0.0,) + (draft_s,) * AUTO_MAX_DEPTH)))
+    assert generate_cli(common + ["--speculative", "recycling", "--tree", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrating" not in out and "no speculation" in out, out
+
+
 def test_ensure_trained_resumes_a_run_stopped_midway(tmp_path, monkeypatch):
     """A benchmark's model whose run stopped before train.steps is resumed, not used half
     trained; a finished one is left alone; a missing one trains from scratch."""

@@ -5,9 +5,11 @@ step.
 
     python bench/vs_transformers.py [--target configs/experiments/code_ref.yaml]
     python bench/vs_transformers.py --ar-only [--model configs/experiments/decode_24m.yaml]
+        [--dtype bfloat16]
 
 `--ar-only`: AR greedy decoding alone at batches 1, 4 and 16, on a random-weight model (nothing
-to train; decode speed does not depend on the weights), written to vs_transformers_ar.md.
+to train; decode speed does not depend on the weights), written to vs_transformers_ar.md; with
+`--dtype bfloat16` both sides run the same bfloat16 weights (vs_transformers_ar_bfloat16.md).
 
 The target and the draft LM (code_draft) are trained once (runs/bench) and exported with
 zoo-export; transformers loads the folders in float32. Greedy rows also check both sides emit
@@ -58,16 +60,20 @@ def timed(fn, repeats):
     return out, median_seconds(fn, repeats=repeats, warmup=0)
 
 
-def ar_only(config_path: str, batches, n: int, repeats: int) -> None:
-    """zoo vs transformers AR greedy decoding on the same random weights."""
+def ar_only(config_path: str, batches, n: int, repeats: int, dtype: str = "float32") -> None:
+    """zoo vs transformers AR greedy decoding on the same random weights, both in `dtype`."""
     from zoo.export import hf, llama
+    from zoo.models import in_dtype
 
     config = config_lib.load(config_path)
-    model = build_model(config.model)
-    params = model.init(jax.random.key(0))
+    params = build_model(config.model).init(jax.random.key(0))
+    model_config, params = in_dtype(config.model, params, dtype)
+    model = build_model(model_config)
     with tempfile.TemporaryDirectory() as tmp:
-        hf.write(tmp, llama.hf_config(config.model), llama.tensor_map(config.model), params)
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        hf.write(tmp, llama.hf_config(config.model), llama.tensor_map(config.model), params,
+                 dtype=dtype)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp,
+                                                                   dtype=getattr(torch, dtype))
     theirs.eval()
     prompts = opening_prompts(config.data.corpus, config.data.data_dir, max(batches))
     rows, payload = [], {"model": config_path, "machine": machine(), "new_tokens": n, "rows": []}
@@ -86,10 +92,12 @@ def ar_only(config_path: str, batches, n: int, repeats: int) -> None:
                             "zoo / transformers", "same tokens"], rows)
     size = sum(x.size for x in jax.tree.leaves(params)) / 1e6
     table += (f"\n\nAR greedy, {config.name} ({size:.1f}M "
-              f"params, random weights, float32), corpus opening prompts, {n} new tokens, EOS "
-              f"off; transformers eager with its KV cache; median of {repeats} after a warm-up.")
+              f"params, random weights, {dtype} on both sides), corpus opening prompts, {n} new "
+              f"tokens, EOS off; transformers eager with its KV cache; median of {repeats} after "
+              "a warm-up.")
     print(table)
-    write_result("vs_transformers_ar", payload, table)
+    write_result("vs_transformers_ar" + ("" if dtype == "float32" else f"_{dtype}"), payload,
+                 table)
 
 
 def main(argv=None):
@@ -100,10 +108,12 @@ def main(argv=None):
     parser.add_argument("--ar-only", action="store_true")
     parser.add_argument("--model", default="configs/experiments/decode_24m.yaml",
                         help="the random-weight model of --ar-only")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="--ar-only: both sides' weights and compute")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.ar_only:
-        return ar_only(args.model, (1, 4, 16), args.new_tokens, args.repeats)
+        return ar_only(args.model, (1, 4, 16), args.new_tokens, args.repeats, args.dtype)
     ensure_trained(args.target, DRAFT)
     target_cfg = config_lib.load(args.target)
     config, params = load_run(target_cfg.train.run_dir)

@@ -275,9 +275,10 @@ def test_zoo_generate_tree_auto_follows_the_calibration(target_run, capsys, name
 
 
 def test_zoo_generate_serves_a_float32_run_in_bfloat16(target_run, medusa_run, capsys):
-    """--dtype bfloat16: speculative decoding of the cast target (float32 heads on its bfloat16
-    hidden states) emits the cast target's greedy tokens, and --tree auto reads the calibration
-    of the bfloat16 target, not the float32 one's."""
+    """--dtype bfloat16: the target and its heads decode in bfloat16, and --tree auto reads the
+    calibration of the bfloat16 target, not the float32 one's. (Token-for-token equality with
+    AR is a float32 property: in bfloat16 a T-node extend's logits differ from a 1-node step's
+    by bfloat16 roundings, GEMMs of other row counts, so a greedy near-tie may flip.)"""
     from launch.drafter_factory import AUTO_FAN, AUTO_MAX_DEPTH, calibration_key
     from launch.generate import main as generate_cli
     from zoo.decode import calibration
@@ -288,7 +289,7 @@ def test_zoo_generate_serves_a_float32_run_in_bfloat16(target_run, medusa_run, c
               "--max-new-tokens", "12", "--dtype", "bfloat16"]
     assert generate_cli(common + ["--speculative", "medusa", "--draft-checkpoint",
                                   str(medusa_run)]) == 0
-    assert "outputs identical" in capsys.readouterr().out
+    assert "speculative (medusa): 12 tokens" in capsys.readouterr().out
     keys = {dtype: calibration_key("recycling", batch=1, sampler=Sampler(), depth=AUTO_MAX_DEPTH,
                                    fan=AUTO_FAN, dtype=dtype) for dtype in ("float32", "bfloat16")}
     for dtype, acceptance, draft_s in (("float32", 0.9, 0.0), ("bfloat16", 0.01, 5e-3)):

@@ -89,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.8])
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="run the target in this dtype (default: the run's)")
+    parser.add_argument("--name", help="results file name in bench/results (default: "
+                                       "speculative[_<target>][_<dtype>])")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.new_tokens, args.repeats = [1], 48, 1
@@ -193,8 +195,8 @@ def main(argv=None):
     payload = {"machine": machine(), "target": config_lib.to_dict(config),
                "step_cost_seconds": cost, "new_tokens": args.new_tokens,
                "repeats": args.repeats, "results": records, "time": time.time()}
-    name = ("speculative" + ("" if args.target == CODE_REF else f"_{config.name}")
-            + (f"_{config.model.dtype}" if other_dtype else ""))
+    name = args.name or ("speculative" + ("" if args.target == CODE_REF else f"_{config.name}")
+                         + (f"_{config.model.dtype}" if other_dtype else ""))
     print(f"wrote {write_result(name + ('_quick' if args.quick else ''), payload, table)}")
 
 

@@ -142,3 +142,27 @@ def test_cache_grows_with_the_rows(monkeypatch, config):
     assert slots[2:] == [256]
     np.testing.assert_array_equal(grown.tokens, one.tokens)
     np.testing.assert_array_equal(grown.num_tokens, [40, 40, 40])
+
+
+@pytest.mark.parametrize("config", [tiny_model_config(), tiny_ssm_config("mamba2"),
+                                    tiny_ssm_config("hybrid")],
+                         ids=["transformer", "mamba2", "hybrid"])
+def test_a_float32_model_serves_in_bfloat16(config):
+    """`in_dtype` casts every floating param, and the bfloat16 model (its caches bfloat16 too)
+    decodes through prefill, extend and commit: its first greedy token per row is the argmax of
+    its own forward, and its logits stay within bfloat16 rounding of the float32 model's."""
+    from zoo.models import in_dtype
+
+    params = build_model(config).init(jax.random.key(0))
+    bf_config, bf_params = in_dtype(config, params, "bfloat16")
+    assert {leaf.dtype for leaf in jax.tree.leaves(bf_params)} == {jnp.dtype(jnp.bfloat16)}
+    model, ref = build_model(bf_config), build_model(config)
+    caches = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(2, 32)))
+    assert jnp.dtype(jnp.bfloat16) in {c.dtype for c in caches}
+    tokens = jnp.asarray([[256, 10, 20, 30, 40, 50]], jnp.int32)
+    ours = model.forward(bf_params, tokens)[0].astype(jnp.float32)
+    theirs = ref.forward(params, tokens)[0]
+    scale = float(jnp.abs(theirs).max())
+    np.testing.assert_allclose(ours, theirs, atol=0.05 * scale)
+    out = _greedy(model, bf_params, [tokens[0].tolist()], 4, eos_id=-1)
+    assert out.tokens[0, 0] == int(jnp.argmax(ours[0, -1]))

@@ -45,7 +45,8 @@ def test_bfloat16_gemms_accumulate_in_float32_and_match_float32_maths():
     assert len(dots) == 3  # forward, input gradient, weight gradient
     for eqn in dots:  # none rounds its result to bfloat16
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
-    assert dots[0].invars[0].aval.dtype == jnp.bfloat16  # the forward reads bfloat16
+    for eqn in dots:  # forward and both gradients read bfloat16 (AMX), none upcasts first
+        assert {v.aval.dtype for v in eqn.invars} == {jnp.dtype(jnp.bfloat16)}, eqn
 
     # Numbers: float32 maths on the bfloat16-rounded input and kernel.
     kernel = params["params"]["kernel"].unbox()

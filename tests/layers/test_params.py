@@ -1,6 +1,6 @@
-"""TokenDense: one 2-D GEMM over flattened tokens; in bfloat16 every GEMM of the forward and of
-the input gradient accumulates in float32 (XLA:CPU's fast bfloat16 GEMM), with the same numbers
-as float32 maths on the bfloat16 values."""
+"""TokenDense: one 2-D GEMM over flattened tokens; in bfloat16 every GEMM (forward, input and
+weight gradients) reads bfloat16 and accumulates in float32 (XLA:CPU's fast bfloat16 GEMM), with
+the same numbers as float32 maths on the bfloat16 values."""
 
 import chex
 import jax

@@ -190,8 +190,9 @@ def ar_throughput(results):
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch (prompts decoded together)")
     ax.set_ylabel("generated tokens/s")
-    ax.set_title(f"AR greedy decoding: {results['config']['name']} "
-                 f"({results['config']['model']['dtype']}), {results['new_tokens']} new tokens")
+    dtype = results["config"].get("model", {}).get("dtype", "float32")
+    ax.set_title(f"AR greedy decoding: {results['config']['name']} ({dtype}), "
+                 f"{results['new_tokens']} new tokens")
     ax.legend(loc="upper left")
     return fig
 

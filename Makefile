@@ -27,9 +27,13 @@ test: $(STAMP)
 
 bench: $(STAMP)  # the first run trains the speculative benchmarks' models once (~100 min)
 	$(BIN)/python bench/ar_decode.py
+	$(BIN)/python bench/ar_decode.py --dtype bfloat16
 	$(BIN)/python bench/inference_overheads.py
 	$(BIN)/python bench/vs_transformers.py --ar-only
+	$(BIN)/python bench/vs_transformers.py --ar-only --dtype bfloat16
 	$(BIN)/python bench/speculative.py
+	$(BIN)/python bench/speculative.py --dtype bfloat16 --batches 1
+	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/tree_attention.py
 	$(BIN)/python bench/ssm_tree_scan.py
 	$(BIN)/python bench/parallel.py
@@ -39,6 +43,7 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/next_block.py  # trains its five models once (~50 min)
 	$(BIN)/python bench/diffusion.py   # trains two diffusion models and their AR judge once (~90 min)
 	$(BIN)/python bench/extend_cost.py
+	$(BIN)/python bench/extend_cost.py --dtype bfloat16 --name extend_cost_bfloat16
 	$(BIN)/python bench/charts.py      # every chart again, and the targets' loss curves
 
 clean:

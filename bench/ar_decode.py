@@ -79,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--max-len", type=int, default=512,
                         help="KV-cache slots: 512 is what zoo-generate allocates for these "
                              "configs (decode.max_len); 0 sizes the cache to the request")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    parser.add_argument("--dtype", default="float32", choices=config_lib.DTYPES,
                         help="model.dtype and model.param_dtype (the KV cache follows)")
     parser.add_argument("--name", help="results file name in bench/results (default ar_decode, "
                                        "or ar_decode_<dtype> for another dtype)")

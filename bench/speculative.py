@@ -87,7 +87,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--drafters", nargs="+", help="default: every drafter the target has")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.8])
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+    parser.add_argument("--dtype", choices=config_lib.DTYPES,
                         help="run the target in this dtype (default: the run's)")
     parser.add_argument("--name", help="results file name in bench/results (default: "
                                        "speculative[_<target>][_<dtype>])")

@@ -108,7 +108,7 @@ def main(argv=None):
     parser.add_argument("--ar-only", action="store_true")
     parser.add_argument("--model", default="configs/experiments/decode_24m.yaml",
                         help="the random-weight model of --ar-only")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+    parser.add_argument("--dtype", default="float32", choices=config_lib.DTYPES,
                         help="--ar-only: both sides' weights and compute")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))

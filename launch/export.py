@@ -14,13 +14,15 @@ import argparse
 import pathlib
 import sys
 
+from zoo.config import DTYPES  # no jax: argument errors come before heavy imports
+
 
 def export_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="zoo-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="zoo run directory")
     parser.add_argument("--out", required=True, help="Hugging Face folder to write")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--max-shard-mb", type=float, default=2048,
                         help="split the weights into safetensors files of at most this size")

@@ -24,6 +24,8 @@ import pathlib
 import sys
 import time
 
+from zoo.config import DTYPES  # no jax: argument errors come before heavy imports
+
 
 def _describe(choice) -> str:
     """One line on what `--tree auto` chose and why."""
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
                         help="backend of the tree kernels (tree attention, SSM tree scan): "
                              "auto, xla, reference, pallas_tpu, pallas_gpu (a Pallas kernel off "
                              "its platform runs interpreted; default: the run's decode config)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+    parser.add_argument("--dtype", choices=DTYPES,
                         help="run the model (weights, activations, caches) in this dtype "
                              "(default: the run's); draft heads follow it, draft LMs keep theirs")
     parser.add_argument("--draft-checkpoint",

@@ -8,7 +8,7 @@ from zoo.decode import ar
 from zoo.decode.ar import generate
 from zoo.decode.sampling import Sampler
 from zoo.layers.kv_cache import KVCache
-from zoo.models import build_model
+from zoo.models import build_model, in_dtype
 
 from conftest import tiny_model_config, tiny_ssm_config
 
@@ -151,8 +151,6 @@ def test_a_float32_model_serves_in_bfloat16(config):
     """`in_dtype` casts every floating param, and the bfloat16 model (its caches bfloat16 too)
     decodes through prefill, extend and commit: its first greedy token per row is the argmax of
     its own forward, and its logits stay within bfloat16 rounding of the float32 model's."""
-    from zoo.models import in_dtype
-
     params = build_model(config).init(jax.random.key(0))
     bf_config, bf_params = in_dtype(config, params, "bfloat16")
     assert {leaf.dtype for leaf in jax.tree.leaves(bf_params)} == {jnp.dtype(jnp.bfloat16)}

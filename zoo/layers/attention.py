@@ -2,15 +2,15 @@
 q/k/v biases (Qwen2) and per-head q/k RMSNorm before RoPE (Qwen3).
 
 Training and prefill run over a whole sequence with a causal, bidirectional or block-causal mask
-(`jax.nn.dot_product_attention`). `extend` runs T new tokens on top of a committed KV cache with a
+(`zoo.layers.masked_attention`). `extend` runs T new tokens on top of a committed KV cache with a
 tree structure through `kernels.tree_attention` and returns the new K/V without committing them.
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from kernels.tree_attention import tree_attention
+from zoo.layers.masked_attention import masked_attention
 from zoo.layers.params import dense, rms_norm
 from zoo.layers.rope import Rope, apply_rope
 
@@ -108,7 +108,7 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask):
         """x [B, T, E], positions int[B, T], mask bool[B|1, 1, T, T] -> (out, (k, v))."""
         q, k, v = self._qkv(x, positions)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = masked_attention(q, k, v, mask)
         return self.o_proj(out), (k, v)
 
     def extend(self, x, positions, k_cache, v_cache, cache_len, parents):

@@ -34,16 +34,21 @@ def _low_precision_matmul_bwd(residuals, g):
     first: dw of a [2048, 512] x [2048, 1408] pair 10.7 -> 3.1 ms (bench/train_step.py)."""
     x, w = residuals
     dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    x_t = _materialized_transpose(x) if jax.default_backend() == "cpu" else x.T
+    x_t = materialized_transpose(x) if jax.default_backend() == "cpu" else x.T
     dw = jax.lax.dot_general(x_t, g.astype(x.dtype), _MATMUL, preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-def _materialized_transpose(x):
-    """x.T as a row-major copy: the barrier on the flat view keeps XLA from folding the
-    transpose into the consuming dot (or into a layout change that the dot reads transposed)."""
-    flat = jax.lax.optimization_barrier(x.T.reshape(-1))
-    return flat.reshape(x.shape[1], x.shape[0])
+def materialized(x):
+    """x as its own row-major array: the barrier on the flat view keeps XLA from folding a
+    transpose that made x into the consuming dot (or into a layout change the dot reads
+    transposed), which XLA:CPU runs as a float32 GEMM when x is bfloat16."""
+    return jax.lax.optimization_barrier(x.reshape(-1)).reshape(x.shape)
+
+
+def materialized_transpose(x):
+    """x with its last two axes swapped, as a row-major copy (`materialized`)."""
+    return materialized(jnp.swapaxes(x, -1, -2))
 
 
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)

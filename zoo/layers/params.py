@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.layers.rms_norm import RMSNorm
+
 _MATMUL = (((1,), (0,)), ((), ()))  # x [N, K] . w [K, M]
 # XLA:CPU runs a bfloat16 GEMM of 1-3 rows 1.1-10x slower than one of 4 (a 1-row [512, 2048]
 # product: 1.1 ms, 4 rows: 0.12 ms), so fewer rows are padded to 4: batch-1 bfloat16 decoding
@@ -97,5 +99,5 @@ def dense(features, axes: Sequence[str], *, dtype, param_dtype, init_std, name, 
 
 
 def rms_norm(eps: float, *, dtype, param_dtype, name):
-    return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)))
+    return RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+                   scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)))

@@ -8,6 +8,7 @@ tree structure through `kernels.tree_attention` and returns the new K/V without 
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from kernels.tree_attention import tree_attention
 from zoo.layers.masked_attention import masked_attention
@@ -59,13 +60,14 @@ def attention_mask(kind: str, length: int, block_size: int = 0, segment_ids=None
     return mask
 
 
-def mask_positions(kind: str, batch: int, length: int) -> jnp.ndarray:
-    """int32[B, T] position ids a full-sequence mask kind implies: 0..T-1, or for
-    block_diffusion's two halves 0..L-1 twice (a clean token sits where its noised one does)."""
-    pos = jnp.arange(length, dtype=jnp.int32)
+def mask_positions(kind: str, length: int) -> np.ndarray:
+    """int32[1, T] position ids a full-sequence mask kind implies (every row alike): 0..T-1, or
+    for block_diffusion's two halves 0..L-1 twice (a clean token sits where its noised one does).
+    NumPy, not traced: RoPE's cos and sin of it are then constants (`apply_rope`)."""
+    pos = np.arange(length, dtype=np.int32)
     if kind == "block_diffusion":
         pos = pos % (length // 2)
-    return jnp.broadcast_to(pos, (batch, length))
+    return pos[None]
 
 
 class Attention(nn.Module):

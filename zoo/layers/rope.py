@@ -19,6 +19,7 @@ import dataclasses
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,9 @@ class Rope:
                    c.rope_high_freq_factor, original)
 
     def inv_freq(self, d: int) -> jnp.ndarray:
-        """float32 [D/2]: the inverse frequency of each rotated pair (dynamic: before stretching)."""
-        inv = 1.0 / self.theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+        """float32 [D/2]: the inverse frequency of each rotated pair (dynamic: before stretching);
+        NumPy, a constant of the config."""
+        inv = (1.0 / self.theta ** (np.arange(0, d, 2) / d)).astype(np.float32)
         if self.scaling == "linear":
             return inv / self.factor
         if self.scaling != "llama3":
@@ -51,33 +53,40 @@ class Rope:
         wavelen = 2 * math.pi / inv
         low_wavelen = self.original_max_len / self.low_freq_factor
         high_wavelen = self.original_max_len / self.high_freq_factor
-        scaled = jnp.where(wavelen > low_wavelen, inv / self.factor, inv)
+        scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
         smooth = ((self.original_max_len / wavelen - self.low_freq_factor)
                   / (self.high_freq_factor - self.low_freq_factor))
         smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return jnp.where(medium, smoothed, scaled)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
 
     def angles(self, positions: jnp.ndarray, d: int) -> jnp.ndarray:
-        """float32 [B, T, D/2]: each position's rotation angle per pair."""
-        pos = positions[..., None].astype(jnp.float32)
+        """float32 [B, T, D/2] (B of positions [B, T]): each position's rotation angle per pair;
+        NumPy when the positions are (`apply_rope`)."""
+        xp = np if isinstance(positions, np.ndarray) else jnp
+        pos = positions[..., None].astype(np.float32)
         if self.scaling != "dynamic":
             return pos * self.inv_freq(d)
         # NTK: base theta * (factor * L / L0 - (factor - 1))^(D / (D - 2)) at length L = pos + 1
-        length = jnp.maximum(pos + 1, self.original_max_len)
+        length = xp.maximum(pos + 1, self.original_max_len)
         base = self.theta * (self.factor * length / self.original_max_len
                              - (self.factor - 1)) ** (d / (d - 2))
-        return pos * (1.0 / base ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+        return pos * (1.0 / base ** (np.arange(0, d, 2, dtype=np.float32) / d))
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, rope: Rope) -> jnp.ndarray:
     """Rotate pairs (x[..., i], x[..., i + D/2]) by `rope`'s angle for their position.
 
-    x: [B, T, H, D]; positions: int[B, T]. Computed in float32, returned in x's dtype.
+    x: [B, T, H, D]; positions: int[B or 1, T]. Computed in float32, returned in x's dtype.
+    Positions known before tracing (a NumPy array: a whole sequence's, `mask_positions`) give
+    cos and sin as NumPy constants. Traced ones are computed in the graph, where XLA:CPU
+    recomputes them inside the rotation for every head of every element: a code_ref train step
+    7% slower (bench/train_step.py).
     """
+    xp = np if isinstance(positions, np.ndarray) else jnp
     angles = rope.angles(positions, x.shape[-1])  # [B, T, D/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    cos = xp.cos(angles)[:, :, None, :]
+    sin = xp.sin(angles)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)

@@ -16,14 +16,13 @@ import flax.struct
 import jax.numpy as jnp
 
 from kernels.trees import node_depths
-from zoo.layers.attention import attention_mask
+from zoo.layers.attention import attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mamba2 import Mamba2Mixer, extend_tree
 from zoo.layers.params import rms_norm
 from zoo.layers.ssm_cache import SSMCache, SSMPending, commit_ssm
 from zoo.models.protocol import after_forward
-from zoo.models.transformer import (RESIDUAL, Block, Transformer, TransformerLM, _positions,
-                                    constrain_kv)
+from zoo.models.transformer import RESIDUAL, Block, Transformer, TransformerLM, constrain_kv
 from zoo.parallel import constrain
 
 SSM_CONV = ("batch", None, None)  # one layer's [B, w - 1, C]
@@ -163,7 +162,7 @@ class MambaLM(TransformerLM):
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
         lengths = jnp.asarray(lengths, jnp.int32)
         logits, hidden, (attention, mamba) = self.decoding_module(params).apply(
-            {"params": params}, tokens, _positions(b, t), attention_mask("causal", t),
+            {"params": params}, tokens, mask_positions("causal", t), attention_mask("causal", t),
             lengths=lengths, logits_at=logits_at)
         cache = self.init_cache(b, max_len)
         kv = (cache.kv.replace(lengths=lengths) if attention is None

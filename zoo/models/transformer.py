@@ -176,10 +176,6 @@ def constrain_kv(layout: Layout | None, cache: KVCache) -> KVCache:
                    constrain(layout, cache.lengths, ("batch",)), cache.max_len)
 
 
-def _positions(batch: int, length: int) -> jnp.ndarray:
-    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-
-
 @dataclasses.dataclass(frozen=True)
 class TransformerLM:
     """`Transformer` as a DecodingModel: pure functions of (params, arrays)."""
@@ -218,7 +214,7 @@ class TransformerLM:
 
     def _init_boxed(self, rng, scanned: bool):
         tokens = jnp.zeros((1, 1), jnp.int32)
-        return self.training_module(scanned).init(rng, tokens, _positions(1, 1),
+        return self.training_module(scanned).init(rng, tokens, mask_positions("causal", 1),
                                                   attention_mask("causal", 1))["params"]
 
     def _init(self, rng):
@@ -241,7 +237,7 @@ class TransformerLM:
         stacked or per-layer params."""
         b, t = tokens.shape
         logits, hidden, _ = self.training_module(is_stacked(params)).apply(
-            {"params": params}, tokens, mask_positions(mask, b, t),
+            {"params": params}, tokens, mask_positions(mask, t),
             attention_mask(mask, t, block_size, segment_ids, block_ids))
         return logits, hidden
 
@@ -260,7 +256,7 @@ class TransformerLM:
         if t > max_len:
             raise ValueError(f"prompt block of length {t} does not fit a KV cache of {max_len}")
         logits, hidden, (k, v) = self.decoding_module(params).apply(
-            {"params": params}, tokens, _positions(b, t),
+            {"params": params}, tokens, mask_positions("causal", t),
             attention_mask(mask, t, block_size, block_ids=block_ids), logits_at=logits_at)
         cache = self.init_cache(b, max_len).write_prefix(k, v, lengths)
         return logits, hidden, self.constrain_cache(cache)

@@ -155,11 +155,31 @@ def op_seconds(trace_dir: str, steps: int) -> dict:
     return total
 
 
+def hlo_op_names(hlo: str) -> dict:
+    """Instruction name -> the JAX op_name it came from. A fusion without one of its own (XLA
+    names some after their ops, e.g. bitcast_bitcast_fusion) takes the last op_name inside the
+    computation it calls: its root's side, where the profile would otherwise call it optimizer."""
+    line_re = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", re.M)
+    computations = {m.group(1): m.group(2) for m in re.finditer(
+        r"^%?([\w.\-]+) \(.*?\n(.*?)^}", hlo, re.M | re.S)}
+    names = {}
+    for name, rest in line_re.findall(hlo):
+        found = re.search(r'op_name="([^"]*)"', rest)
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        if not found and called and called.group(1) in computations:
+            inner = re.findall(r'op_name="([^"]*)"', computations[called.group(1)])
+            found = inner[-1] if inner else None
+        else:
+            found = found.group(1) if found else None
+        if found:
+            names[name] = found
+    return names
+
+
 def profile(config, steps: int = 3) -> dict:
     """Traced op time per step grouped by model part and phase, and the top ops."""
     step, compiled = zoo_train_step(config, random_batch(config))
-    op_names = dict(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"",
-                               compiled.as_text(), re.M))
+    op_names = hlo_op_names(compiled.as_text())
     step()
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):

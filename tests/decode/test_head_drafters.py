@@ -44,7 +44,7 @@ def eos(tiny_model_and_params):
     return int(free.tokens[0, 6])
 
 
-@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("batch", [1, 8])  # one row; ragged rows (falcon's test runs 3)
 def test_greedy_speculative_with_heads_equals_ar(tiny_model_and_params, eos, batch):
     model, params = tiny_model_and_params
     prompts, max_new = PROMPTS[:batch], 23  # the length limit falls inside a tree

@@ -96,12 +96,14 @@ def test_next_block_loop_updates_caches_in_place(monkeypatch, tiny_model_and_par
 
 def test_bfloat16_cache_is_never_widened(monkeypatch):
     """XLA:CPU scatters into a 16-bit array by converting all of it to float32 and back, which
-    cost 4.4 ms of a 10 ms batch-16 step; the commit must keep a bfloat16 cache in bfloat16."""
+    cost 4.4 ms of a 10 ms batch-16 step; the commit must keep a bfloat16 cache in bfloat16.
+    The cache is 48 long, not 64: the prefill's attention products over its 32-token prompt
+    bucket, 2 query heads per KV head, are float32 [2, 2, 64, 16], a 64-long cache's shape."""
     model = build_model(tiny_model_config(dtype="bfloat16", param_dtype="bfloat16"))
     params = model.init(jax.random.key(0))
     hlo = _compiled_loop(monkeypatch, ar, lambda: ar.generate(
-        model, params, PROMPTS, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID, max_len=64))
-    wide = {",".join(map(str, s)) for s in _cache_shapes(model, len(PROMPTS), 64)}
+        model, params, PROMPTS, max_new_tokens=8, eos_id=-1, pad_id=PAD_ID, max_len=48))
+    wide = {",".join(map(str, s)) for s in _cache_shapes(model, len(PROMPTS), 48)}
     widened = [m for m in re.findall(r"= f32\[([\d,]*)\]", _unfused(hlo)) if m in wide]
     assert not widened, f"the decode loop holds float32 copies of the cache: {sorted(set(widened))}"
 

@@ -142,12 +142,12 @@ from zoo.config import ExperimentConfig
 from zoo.export import convert, hf, llama
 config = CONFIGS["transformer"]
 params = build_model(config).init(jax.random.key(0))
-import_layout = convert._spread_layout(ExperimentConfig(model=config))
+import_layout, import_shardings, axes = convert._spread(ExperimentConfig(model=config))
 with tempfile.TemporaryDirectory() as folder:
     hf.write(folder, llama.hf_config(config), llama.tensor_map(config), params)
     read = hf.read(folder, llama.tensor_map(config), config.param_dtype,
-                   place=convert._placement(config, import_layout))
-state = convert._placed_state(ExperimentConfig(model=config), read, tx, import_layout)
+                   place=convert._placement(import_shardings))
+state = convert._placed_state(read, axes, tx, import_layout)
 kernel = state.params["block_0"]["mlp"]["up"]["kernel"]
 moment = optax.tree_utils.tree_get(state.opt_state, "mu")["block_0"]["mlp"]["up"]["kernel"]
 out["import_placement"] = {

@@ -36,36 +36,33 @@ def architecture_of(hf_config: dict):
     return importlib.import_module(f"zoo.export.{BY_MODEL_TYPE[kind]}")
 
 
-def _spread_layout(config: config_lib.ExperimentConfig) -> Layout | None:
-    """Params split over all local devices (fsdp), so no device ever holds them all; None
-    (one device) when the sizes do not divide."""
-    try:
-        layout = Layout.from_config(config_lib.MeshConfig(data=1, fsdp=-1, rules=config.mesh.rules))
-        from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
-        model = build_model(config.model)
-        layout.shardings(jax.eval_shape(model.init, jax.random.key(0)), model.logical_axes())
-        return layout
-    except ShardingError:
-        return None
-
-
-def _placement(model_config: config_lib.ModelConfig, layout: Layout | None):
-    """`place(path, array)` for `hf.read`: each per-layer parameter straight onto its shards
-    over the local devices as it is read, so neither the host nor a device holds the model."""
-    if layout is None:
-        return lambda path, array: jax.numpy.asarray(array)
+def _spread(config: config_lib.ExperimentConfig):
+    """(layout, shardings, logical axes) of the per-layer params split over all local devices
+    (fsdp), so no device ever holds them all; (None, None, axes) on one device when the sizes do
+    not divide. One abstract trace of the model serves the check, the placement of each tensor
+    as it is read, and the optimizer moments."""
     from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
 
-    model = build_model(dataclasses.replace(model_config, scan_layers=False))
-    shardings = layout.shardings(jax.eval_shape(model.init, jax.random.key(0)),
-                                 model.logical_axes())
+    model = build_model(dataclasses.replace(config.model, scan_layers=False))
+    axes = model.logical_axes()
+    try:
+        layout = Layout.from_config(config_lib.MeshConfig(data=1, fsdp=-1, rules=config.mesh.rules))
+        return layout, layout.shardings(jax.eval_shape(model.init, jax.random.key(0)), axes), axes
+    except ShardingError:
+        return None, None, axes
+
+
+def _placement(shardings):
+    """`place(path, array)` for `hf.read`: each per-layer parameter straight onto its shards
+    over the local devices as it is read, so neither the host nor a device holds the model."""
+    if shardings is None:
+        return lambda path, array: jax.numpy.asarray(array)
     return lambda path, array: jax.device_put(array, hf.get_path(shardings, path))
 
 
-def _placed_state(config: config_lib.ExperimentConfig, params, tx, layout) -> TrainState:
-    """A fresh train state around placed `params`: the optimizer moments are created sharded
-    like their params (one device when `layout` is None)."""
-    from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
+def _placed_state(params, logical_axes, tx, layout) -> TrainState:
+    """A fresh train state around placed `params` (of `logical_axes`): the optimizer moments are
+    created sharded like their params (one device when `layout` is None)."""
     from zoo.train.steps import StepShardings  # noqa: PLC0415
 
     def fresh(p):
@@ -73,8 +70,8 @@ def _placed_state(config: config_lib.ExperimentConfig, params, tx, layout) -> Tr
 
     if layout is None:
         return fresh(params)
-    shardings = StepShardings.for_state(jax.eval_shape(fresh, params),
-                                        build_model(config.model).logical_axes(), tx, layout).state
+    shardings = StepShardings.for_state(jax.eval_shape(fresh, params), logical_axes, tx,
+                                        layout).state
     return jax.jit(fresh, out_shardings=shardings)(params)
 
 
@@ -93,7 +90,7 @@ def export_run(run_dir, out_dir, dtype: str = "float32", step: int | None = None
                          "trained with, so zoo exports next-token (objective.kind=lm) runs only")
     module = architecture(config.model.family)
     tok = tokenizer_for_run(run_dir, config)
-    _, params = load_run(run_dir, step, layout=_spread_layout(config))
+    _, params = load_run(run_dir, step, layout=_spread(config)[0])
     dc = config.decode
     return (hf.write(out_dir, hf.with_token_ids(module.hf_config(config.model), tok),
                      module.tensor_map(config.model), params, dtype=dtype,
@@ -121,18 +118,20 @@ def import_hf(hf_dir, out_dir, experiment: config_lib.ExperimentConfig | None = 
                                else "")
     config = dataclasses.replace(base, model=model_config, data=data, train=dataclasses.replace(
         base.train, run_dir=str(out_dir)))
-    layout = _spread_layout(config)
+    layout, shardings, axes = _spread(config)
     params = hf.read(hf_dir, module.tensor_map(model_config), model_config.param_dtype,
-                     place=_placement(model_config, layout))
+                     place=_placement(shardings))
     if model_config.scan_layers:
+        from zoo.models import build_model  # noqa: PLC0415
         from zoo.models.stacking import stack_layers  # noqa: PLC0415
 
         params = stack_layers(params, model_config)
+        axes = build_model(model_config).logical_axes()  # of the stacked layout
     from zoo.train.loop import data_identity  # noqa: PLC0415
     from zoo.train.optimizer import make_optimizer  # noqa: PLC0415
 
     tx = make_optimizer(config.train)
-    state = _placed_state(config, params, tx, layout)
+    state = _placed_state(params, axes, tx, layout)
     out = pathlib.Path(out_dir)
     checkpointer = Checkpointer(out / "checkpoints", async_save=False)
     if checkpointer.latest_step() is not None:

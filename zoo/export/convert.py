@@ -39,8 +39,8 @@ def architecture_of(hf_config: dict):
 def _spread(config: config_lib.ExperimentConfig):
     """(layout, shardings, logical axes) of the per-layer params split over all local devices
     (fsdp), so no device ever holds them all; (None, None, axes) on one device when the sizes do
-    not divide. One abstract trace of the model serves the check, the placement of each tensor
-    as it is read, and the optimizer moments."""
+    not divide. Traced abstractly once here, the model's shapes and axes serve the check, the
+    placement of each tensor as it is read, and the optimizer moments."""
     from zoo.models import build_model  # noqa: PLC0415 (the models import jax-heavy code)
 
     model = build_model(dataclasses.replace(config.model, scan_layers=False))

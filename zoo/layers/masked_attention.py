@@ -52,8 +52,8 @@ def _ungroup_queries(x, t):
 
 def _forward(q, k, v, mask):
     t, n_kv, d = q.shape[1], k.shape[2], q.shape[3]
-    qg = _own_array(_group_queries(q, n_kv))  # [B, K, G*T, D]
-    kt, vt = (_own_array(x.transpose(0, 2, 1, 3)) for x in (k, v))  # [B, K, S, D]
+    qg = materialized(_group_queries(q, n_kv))  # [B, K, G*T, D]
+    kt, vt = (materialized(x.transpose(0, 2, 1, 3)) for x in (k, v))  # [B, K, S, D]
     logits = _bdot(qg, kt, ((3,), (3,))) * d ** -0.5  # [B, K, G*T, S]
     logits = jnp.where(_grouped_mask(mask, q.shape[2] // n_kv), logits, jnp.finfo(_F32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
@@ -87,24 +87,16 @@ def _attention(q, k, v, mask):
 def _backward(residuals, d_out):
     qg, kt, vt, probs, out, mask = residuals
     t, scale = d_out.shape[1], qg.shape[-1] ** -0.5
-    do = _own_array(_group_queries(d_out.astype(qg.dtype), kt.shape[1]))
+    do = materialized(_group_queries(d_out.astype(qg.dtype), kt.shape[1]))
     dp = _bdot(do, vt, ((3,), (3,)))  # [B, K, G*T, S]
     delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
     # Masked logits are constants: no gradient (it matters in a row that sees nothing).
     ds = jnp.where(_grouped_mask(mask, qg.shape[2] // t), probs.astype(_F32) * (dp - delta),
                    0).astype(qg.dtype)
     dq = (_bdot(ds, kt, ((3,), (2,))) * scale).astype(qg.dtype)
-    dk = (_bdot(_own_array(jnp.swapaxes(ds, 2, 3)), qg, ((3,), (2,))) * scale).astype(kt.dtype)
-    dv = _bdot(_own_array(jnp.swapaxes(probs, 2, 3)), do, ((3,), (2,))).astype(vt.dtype)
+    dk = (_bdot(materialized(jnp.swapaxes(ds, 2, 3)), qg, ((3,), (2,))) * scale).astype(kt.dtype)
+    dv = _bdot(materialized(jnp.swapaxes(probs, 2, 3)), do, ((3,), (2,))).astype(vt.dtype)
     return (_ungroup_queries(dq, t), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3), None)
-
-
-def _own_array(x):
-    """x (a transpose of another array) as its own array when 16-bit on CPU: XLA:CPU folds a
-    transpose into the product that reads it and then runs that product in float32
-    (`materialized`)."""
-    low_precision = jnp.dtype(x.dtype).itemsize < 4
-    return materialized(x) if low_precision and jax.default_backend() == "cpu" else x
 
 
 _attention.defvjp(_forward, _backward)

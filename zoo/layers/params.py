@@ -36,21 +36,19 @@ def _low_precision_matmul_bwd(residuals, g):
     first: dw of a [2048, 512] x [2048, 1408] pair 10.7 -> 3.1 ms (bench/train_step.py)."""
     x, w = residuals
     dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    x_t = materialized_transpose(x) if jax.default_backend() == "cpu" else x.T
-    dw = jax.lax.dot_general(x_t, g.astype(x.dtype), _MATMUL, preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(materialized(x.T), g.astype(x.dtype), _MATMUL,
+                             preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 def materialized(x):
-    """x as its own row-major array: the barrier on the flat view keeps XLA from folding a
-    transpose that made x into the consuming dot (or into a layout change the dot reads
-    transposed), which XLA:CPU runs as a float32 GEMM when x is bfloat16."""
+    """x (made by a transpose) as its own row-major array when it is 16-bit on CPU; x itself
+    otherwise. XLA:CPU folds a transpose into the dot that reads it (or into a layout change the
+    dot reads transposed) and then runs a bfloat16 dot as a float32 GEMM; the barrier on the flat
+    view keeps the transpose a copy of its own."""
+    if jnp.dtype(x.dtype).itemsize >= 4 or jax.default_backend() != "cpu":
+        return x
     return jax.lax.optimization_barrier(x.reshape(-1)).reshape(x.shape)
-
-
-def materialized_transpose(x):
-    """x with its last two axes swapped, as a row-major copy (`materialized`)."""
-    return materialized(jnp.swapaxes(x, -1, -2))
 
 
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)

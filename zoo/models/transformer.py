@@ -235,7 +235,7 @@ class TransformerLM:
                 block_ids=None):
         """Full-sequence logits and hidden states under `mask` (see `attention_mask`), from
         stacked or per-layer params."""
-        b, t = tokens.shape
+        t = tokens.shape[1]
         logits, hidden, _ = self.training_module(is_stacked(params)).apply(
             {"params": params}, tokens, mask_positions(mask, t),
             attention_mask(mask, t, block_size, segment_ids, block_ids))

@@ -4,8 +4,10 @@ from setuptools import find_packages, setup
 # them, since the suite checks exports against transformers and executes the notebooks.
 # notebooks/: drawing (matplotlib) and running them outside Jupyter (nbclient, ipykernel).
 NOTEBOOKS = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
-# zoo-export / zoo-import checked against, and handed to, PyTorch + transformers.
-EXPORT = ["torch==2.13.0", "transformers>=5.0,<6"]
+# zoo-export / zoo-import checked against, and handed to, PyTorch + transformers. On Linux, PyPI's
+# torch is the CUDA build (several GB): install the CPU build first where that is what you need
+# (README, "Installing"); `make` does, and installs the versions of requirements/lock.txt.
+EXPORT = ["torch>=2.4", "transformers>=5.0,<6"]
 
 setup(
     name="zoo",
@@ -13,11 +15,14 @@ setup(
     description="A JAX-native model zoo for fast generation: AR, SSM/hybrid, next-block and "
                 "masked-diffusion generators sharing one decoding core and one Pallas kernel package.",
     python_requires=">=3.10",
-    packages=find_packages(include=["zoo", "zoo.*", "kernels", "kernels.*", "launch", "launch.*"])
-    + ["zoo.configs"],
+    packages=find_packages(include=["zoo", "zoo.*", "launch", "launch.*"]) + ["zoo.configs"]
+    + ["zoo_kernels"] + [f"zoo_kernels.{p}" for p in find_packages("kernels")],
     # configs/ ships inside the package as zoo/configs, so an installed zoo finds its experiments
-    # and model catalog (zoo.config.configs_dir) outside a checkout.
-    package_dir={"zoo.configs": "configs"},
+    # and model catalog (zoo.config.configs_dir) outside a checkout. kernels/ ships as
+    # `zoo_kernels`: PyPI's `kernels` is Hugging Face's (transformers imports it), so the folder
+    # has no __init__.py and is never a package named `kernels`, even with the checkout on
+    # sys.path; `zoo_kernels` is a namespace package mapped from it.
+    package_dir={"zoo.configs": "configs", "zoo_kernels": "kernels"},
     package_data={"zoo.configs": ["experiments/*.yaml", "models/*.yaml"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
@@ -43,7 +48,7 @@ setup(
         # TPU and Triton on GPU.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
-        "test": ["pytest>=8", "scipy>=1.12", *EXPORT, *NOTEBOOKS],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.12", *EXPORT, *NOTEBOOKS],
     },
     entry_points={"console_scripts": [
         "zoo-train=launch.train:main",

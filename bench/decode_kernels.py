@@ -27,8 +27,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import (machine, markdown_table, median_seconds,  # noqa: E402
                     tree_attention_inputs, write_result)
 
-from kernels import backends  # noqa: E402
-from kernels.tree_attention import gpu, tpu, tree_attention  # noqa: E402
+from zoo_kernels import backends  # noqa: E402
+from zoo_kernels.tree_attention import gpu, tpu, tree_attention  # noqa: E402
 
 D = 128
 SPLITS = {"pallas_gpu": [1, 2, 4, 8, 16, 32, None], "pallas_tpu": [1, 2, None]}

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_result  # noqa: E402
 
-from kernels.ssm_tree_scan import ssm_tree_scan  # noqa: E402
+from zoo_kernels.ssm_tree_scan import ssm_tree_scan  # noqa: E402
 
 BT, H, P, N, G = 1, 8, 64, 64, 1  # one small Mamba2 layer
 TREE_SIZES = (4, 16, 64)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import (machine, markdown_table, median_seconds,  # noqa: E402
                     tree_attention_inputs, write_result)
 
-from kernels.tree_attention import tpu, tree_attention  # noqa: E402
+from zoo_kernels.tree_attention import tpu, tree_attention  # noqa: E402
 
 H, KV, D = 8, 2, 128  # query heads, KV heads, head dim: one layer of a 1B-class GQA model
 

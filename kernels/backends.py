@@ -4,7 +4,7 @@ platform, and how a Pallas kernel runs off its own platform (interpret mode)."""
 import jax
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.names import BACKENDS
+from zoo_kernels.names import BACKENDS
 VMEM_BUDGET = 16 * 2**20  # the default scoped-VMEM limit of TPU v4/v5e (v5p/v6e allow more)
 
 

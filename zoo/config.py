@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kernels.names import BACKENDS as KERNEL_BACKENDS
+from zoo_kernels.names import BACKENDS as KERNEL_BACKENDS
 
 DTYPES = ("float32", "bfloat16")
 

@@ -13,9 +13,9 @@ everywhere. `node_state` and `path_state` (the state after one node, for commit)
 every platform.
 """
 
-from kernels import backends
-from kernels.backends import BACKENDS
-from kernels.ssm_tree_scan import gpu, reference, tpu, xla
+from zoo_kernels import backends
+from zoo_kernels.backends import BACKENDS
+from zoo_kernels.ssm_tree_scan import gpu, reference, tpu, xla
 
 
 def _pallas_tpu(*args):
@@ -65,7 +65,7 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, backend: str = "auto", ance
 
     Shapes: x [Bt, T, H, P]; dt [Bt, T, H] (positive); A, D [H]; B, C [Bt, T, G, N] shared by
     the H // G heads of a group; h0 [Bt, H, P, N] float32; parents int32[Bt, T] (topological,
-    roots -1, a forest is allowed). `ancestors`: `kernels.trees.ancestor_mask(parents)` if the
+    roots -1, a forest is allowed). `ancestors`: `zoo_kernels.trees.ancestor_mask(parents)` if the
     caller has it (a model builds it once per extend for all its layers); the XLA path reads it,
     the Pallas kernels build the mask in-kernel. Returns (y [Bt, T, H, P] in x's dtype,
     log_decay [Bt, T, H] float32, the root-to-node sum of dt * A).

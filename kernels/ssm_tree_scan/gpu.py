@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.ssm_tree_scan.tpu import from_kernel_layout, scan_tile, to_kernel_layout
+from zoo_kernels.ssm_tree_scan.tpu import from_kernel_layout, scan_tile, to_kernel_layout
 
 MAX_NODES = 128
 
@@ -47,7 +47,7 @@ def _kernel(a_ref, d_ref, x_ref, dt_col_ref, dt_row_ref, b_ref, c_ref, h0_ref, p
 
 def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, interpret: bool = False,
                   num_warps: int = 4):
-    """Same contract as `kernels.ssm_tree_scan.reference.ssm_tree_scan`.
+    """Same contract as `zoo_kernels.ssm_tree_scan.reference.ssm_tree_scan`.
 
     interpret: True to run on CPU.
     """

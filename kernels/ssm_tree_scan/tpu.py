@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.backends import VMEM_BUDGET, round_up
-from kernels.trees import ancestor_masks_in_kernel
+from zoo_kernels.backends import VMEM_BUDGET, round_up
+from zoo_kernels.trees import ancestor_masks_in_kernel
 
 
 def _dot(a, b, contract_b: int):
@@ -110,7 +110,7 @@ def _kernel(a_ref, d_ref, x_ref, dt_col_ref, dt_row_ref, b_ref, c_ref, h0_ref, p
 
 
 def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, interpret=None):
-    """Same contract as `kernels.ssm_tree_scan.reference.ssm_tree_scan`.
+    """Same contract as `zoo_kernels.ssm_tree_scan.reference.ssm_tree_scan`.
 
     interpret: None to compile for TPU, or `pltpu.InterpretParams()` to simulate on CPU.
     """

@@ -12,7 +12,7 @@ GPUs otherwise trade for speed.
 import jax
 import jax.numpy as jnp
 
-from kernels.trees import ancestor_mask
+from zoo_kernels.trees import ancestor_mask
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -26,7 +26,7 @@ def _log_decay(dt, A, anc):
 
 
 def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, ancestors=None):
-    """Same contract as `kernels.ssm_tree_scan.reference.ssm_tree_scan`; `ancestors` is
+    """Same contract as `zoo_kernels.ssm_tree_scan.reference.ssm_tree_scan`; `ancestors` is
     `ancestor_mask(parents)` when the caller already has it (built once for all layers)."""
     bt, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]

@@ -12,9 +12,9 @@ kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every back
 everywhere, e.g. a whole speculative decode on the TPU kernel on a CPU laptop.
 """
 
-from kernels import backends
-from kernels.backends import BACKENDS
-from kernels.tree_attention import gpu, reference, tpu, xla
+from zoo_kernels import backends
+from zoo_kernels.backends import BACKENDS
+from zoo_kernels.tree_attention import gpu, reference, tpu, xla
 
 
 def _pallas_tpu(*args, scale):
@@ -38,7 +38,7 @@ def resolve_backend(backend: str, q, k_cache) -> str:
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
                    backend: str = "auto"):
     """Queries of T tree nodes attend to the committed cache and to their own ancestors (and,
-    where `parents` marks blocks with `kernels.trees.SAME_BLOCK`, to their whole block).
+    where `parents` marks blocks with `zoo_kernels.trees.SAME_BLOCK`, to their whole block).
 
     Shapes: q [B, T, H, D]; k_cache, v_cache [B, K, S, D] (head-major); cache_len int32[B];
     k_new, v_new [B, T, K, D]; parents int32[B, T]. Returns [B, T, H, D].

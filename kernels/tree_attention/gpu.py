@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.tree_attention import blocks
+from zoo_kernels.tree_attention import blocks
 
 DEFAULT_BLOCK_KV = 64
 NUM_SMS = 132  # streaming multiprocessors of an H100 / H200 SXM: the programs one wave runs
@@ -111,7 +111,7 @@ def unsupported(q, k_cache) -> str | None:
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
                    block_kv: int = DEFAULT_BLOCK_KV, num_splits: int | None = None,
                    interpret: bool = False, num_warps: int = 4):
-    """Same contract as `kernels.tree_attention.reference.tree_attention`.
+    """Same contract as `zoo_kernels.tree_attention.reference.tree_attention`.
 
     block_kv: cache positions per loop step (a power of two >= 16). num_splits: programs each
       (row, KV head)'s cache is split over, >= 1; None picks `default_num_splits`. interpret:

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.backends import VMEM_BUDGET, round_up
-from kernels.tree_attention import blocks
+from zoo_kernels.backends import VMEM_BUDGET, round_up
+from zoo_kernels.tree_attention import blocks
 
 DEFAULT_BLOCK_KV = 512
 CORES_PER_DEVICE = 2  # TensorCores behind one JAX device on a megacore chip (v4, v5p)
@@ -131,7 +131,7 @@ def _kernel(lens_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, par_ref, acc_ref, m
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
                    block_kv: int = DEFAULT_BLOCK_KV, num_splits: int | None = None,
                    interpret=None):
-    """Same contract as `kernels.tree_attention.reference.tree_attention`.
+    """Same contract as `zoo_kernels.tree_attention.reference.tree_attention`.
 
     block_kv: cache positions per grid step (a multiple of 128; capped at the cache length
       rounded up to 128). num_splits: parallel parts each (row, KV head)'s cache is split into,

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.trees import visible_mask
+from zoo_kernels.trees import visible_mask
 
 MIN_READ = 128  # the shortest prefix worth its own branch
 
@@ -36,7 +36,7 @@ def read_lengths(s: int) -> list[int]:
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None):
-    """Same contract as `kernels.tree_attention.reference.tree_attention`."""
+    """Same contract as `zoo_kernels.tree_attention.reference.tree_attention`."""
     sizes = read_lengths(k_cache.shape[2])
     args = (q, k_cache, v_cache, cache_len, k_new, v_new, parents)
     if len(sizes) == 1:

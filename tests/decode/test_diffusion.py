@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.trees import SAME_BLOCK, block_parents
+from zoo_kernels.trees import SAME_BLOCK, block_parents
 from zoo.data.tokenizer import MASK_ID, PAD_ID
 from zoo.decode import diffusion
 from zoo.decode.diffusion import DiffusionSampler

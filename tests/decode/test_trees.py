@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels.trees
+import zoo_kernels.trees
 from conftest import random_parents
 from zoo.decode import trees
 from zoo.decode.trees import (PRESETS, chain_tree, expand_candidates, leaves, position_ids,
@@ -56,7 +56,7 @@ def test_static_tree_from_choices():
     assert tree.ranks.tolist() == [0, 0, 1, 0, 1, 0, 0]
     assert tree.depth.tolist() == [0, 1, 1, 2, 2, 2, 3]
     assert (tree.num_nodes, tree.max_depth, tree.topk_per_depth) == (7, 3, (2, 2, 1))
-    np.testing.assert_array_equal(tree.depth, kernels.trees.node_depths(jnp.asarray(tree.parents)))
+    np.testing.assert_array_equal(tree.depth, zoo_kernels.trees.node_depths(jnp.asarray(tree.parents)))
 
 
 def test_static_tree_is_canonical_hashable_and_a_static_jit_arg():
@@ -118,7 +118,7 @@ def test_gather_tokens_picks_candidates_by_depth_and_rank():
 
 
 def _paths_brute_force(parents):
-    anc = np.asarray(kernels.trees.ancestor_mask(jnp.asarray(parents)))
+    anc = np.asarray(zoo_kernels.trees.ancestor_mask(jnp.asarray(parents)))
     ends = [i for i in range(len(parents)) if i not in set(parents.tolist())]
     rows = [np.flatnonzero(anc[i]).tolist() for i in ends]  # ancestors precede descendants
     width = max(len(r) for r in rows)
@@ -146,9 +146,9 @@ def test_position_ids_and_reexports():
     parents = jnp.array([[-1, 0, 0, 1], [-1, 0, 1, 2]], jnp.int32)
     pos = position_ids(parents, jnp.array([5, 9]))
     assert pos.dtype == jnp.int32 and pos.tolist() == [[5, 6, 6, 7], [9, 10, 11, 12]]
-    assert trees.ancestor_mask is kernels.trees.ancestor_mask
-    assert trees.node_depths is kernels.trees.node_depths
-    assert trees.chain_parents is kernels.trees.chain_parents
+    assert trees.ancestor_mask is zoo_kernels.trees.ancestor_mask
+    assert trees.node_depths is zoo_kernels.trees.node_depths
+    assert trees.chain_parents is zoo_kernels.trees.chain_parents
 
 
 # --- dynamic trees --------------------------------------------------------------------------

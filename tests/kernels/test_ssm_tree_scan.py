@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.ssm_tree_scan import (api, gpu, node_state, path_state, reference, ssm_tree_scan,
-                                   tpu, xla)
-from kernels.trees import ancestor_mask, chain_parents
+from zoo_kernels.ssm_tree_scan import (api, gpu, node_state, path_state, reference,
+                                       ssm_tree_scan, tpu, xla)
+from zoo_kernels.trees import ancestor_mask, chain_parents
 
 from conftest import random_parents
 

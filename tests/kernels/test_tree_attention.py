@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.trees import (SAME_BLOCK, ancestor_mask, block_parents, chain_parents, node_depths,
-                           stacked_visible_mask, visible_mask)
-from kernels.tree_attention import tree_attention
+from zoo_kernels.trees import (SAME_BLOCK, ancestor_mask, block_parents, chain_parents,
+                               node_depths, stacked_visible_mask, visible_mask)
+from zoo_kernels.tree_attention import tree_attention
 
 from conftest import random_parents
 
@@ -114,7 +114,7 @@ def test_xla_reads_only_the_cache_prefix_the_longest_row_needs(lengths):
     """A 512-slot cache is read as its first 128, 256 or 512 slots, whichever holds the longest
     row: same result as the reference, and slots past that prefix are never read (NaN there
     would poison p * V = 0 * NaN if they were)."""
-    from kernels.tree_attention.xla import read_lengths
+    from zoo_kernels.tree_attention.xla import read_lengths
 
     assert read_lengths(512) == [128, 256, 512] and read_lengths(100) == [100]
     q, k_cache, v_cache, _, k_new, v_new, parents = _case(3, 2, 3, 512, 4, 2, 16, "random",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.tree_attention import api, blocks, gpu, tpu, tree_attention
+from zoo_kernels.tree_attention import api, blocks, gpu, tpu, tree_attention
 from zoo.decode.drafters import PromptLookup
 from zoo.models import build_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zoo.layers.mamba2 import causal_conv, conv_taps, tree_conv
-from kernels.trees import ancestor_mask
+from zoo_kernels.trees import ancestor_mask
 from zoo.layers.ssm_cache import advance_window, path_mask
 
 from conftest import random_parents

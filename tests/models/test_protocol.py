@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.trees import block_parents, chain_parents
+from zoo_kernels.trees import block_parents, chain_parents
 from zoo.models import build_model
 
 from conftest import loud_ssm_params, random_parents, tiny_model_config, tiny_ssm_config

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.tree_attention.xla import read_lengths
+from zoo_kernels.tree_attention.xla import read_lengths
 from zoo.decode.sampling import Sampler
 from zoo.layers.kv_cache import grow_kv, has_kv
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.trees import chain_parents
+from zoo_kernels.trees import chain_parents
 from zoo.decode import speculative
 from zoo.decode.ar import pad_prompts
 from zoo.decode.sampling import Sampler

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.trees import SAME_BLOCK, block_parents
+from zoo_kernels.trees import SAME_BLOCK, block_parents
 from zoo.decode.ar import check_budget_and_key, pad_prompts
 from zoo.decode.sampling import Sampler
 

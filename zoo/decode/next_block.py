@@ -4,7 +4,7 @@ A next-block model (`objective.kind: next_block`) attends bidirectionally inside
 tokens and causally across them, and position k of block b predicts token k of block b + 1.
 Decoding rides the shared protocol: `prefill` the prompt's whole blocks block-causally, then one
 `lax.while_loop` whose every step samples all s positions of the next block at once, `extend`s
-the cache by that block (one bidirectional block, `kernels.trees.block_parents`) and `commit`s
+the cache by that block (one bidirectional block, `zoo_kernels.trees.block_parents`) and `commit`s
 all of it. The KV cache advances one block per forward, so n new tokens cost ~n / s forwards.
 
 Prompts that are not a whole number of blocks. A prompt of P tokens is q = P // s whole blocks
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.trees import block_parents
+from zoo_kernels.trees import block_parents
 from zoo.decode.ar import (CACHE_BUCKET, PROMPT_BUCKET, _round_up, check_budget_and_key,
                            pad_prompts)
 from zoo.decode.sampling import Sampler

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.trees import ancestor_mask, chain_parents, node_depths
+from zoo_kernels.trees import ancestor_mask, chain_parents, node_depths
 
 __all__ = [
     "ancestor_mask", "node_depths", "chain_parents", "position_ids", "validate_parents",

@@ -3,14 +3,14 @@ q/k/v biases (Qwen2) and per-head q/k RMSNorm before RoPE (Qwen3).
 
 Training and prefill run over a whole sequence with a causal, bidirectional or block-causal mask
 (`zoo.layers.masked_attention`). `extend` runs T new tokens on top of a committed KV cache with a
-tree structure through `kernels.tree_attention` and returns the new K/V without committing them.
+tree structure through `zoo_kernels.tree_attention` and returns the new K/V without committing them.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.tree_attention import tree_attention
+from zoo_kernels.tree_attention import tree_attention
 from zoo.layers.masked_attention import masked_attention
 from zoo.layers.params import dense, rms_norm
 from zoo.layers.rope import Rope, apply_rope
@@ -79,7 +79,7 @@ class Attention(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     init_std: float
-    backend: str = "auto"  # kernels.tree_attention backend used by `extend`
+    backend: str = "auto"  # zoo_kernels.tree_attention backend used by `extend`
     qkv_bias: bool = False
     qk_norm: bool = False
     norm_eps: float = 1e-6  # of the q/k norms

@@ -9,7 +9,7 @@ Whole sequences (training, prefill) run the chunked SSD from a zero state and re
 cache for decoding: the last w - 1 convolution inputs and the SSM state, both at each row's own
 length. `extend` runs T tree nodes on top of a cache: the convolution reads each node's ancestors
 (reaching into the cached window above the root) and the SSM is the tree scan of
-`kernels.ssm_tree_scan`; nothing is committed. What the layers read from the tree (the ancestor
+`zoo_kernels.ssm_tree_scan`; nothing is committed. What the layers read from the tree (the ancestor
 mask, the convolution's taps) is an `ExtendTree`, built once per extend for all layers.
 """
 
@@ -20,8 +20,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kernels.ssm_tree_scan import ssm_tree_scan
-from kernels.trees import ancestor_mask, as_chains, node_depths
+from zoo_kernels.ssm_tree_scan import ssm_tree_scan
+from zoo_kernels.trees import ancestor_mask, as_chains, node_depths
 from zoo.layers.params import dense
 from zoo.layers.ssd import ssd_chunked
 from zoo.layers.ssm_cache import advance_window
@@ -78,7 +78,7 @@ def tree_conv(inputs, weight, bias, window, taps):
 @flax.struct.dataclass
 class ExtendTree:
     """The tree of one extend as every Mamba2 layer reads it, built once by `extend_tree`:
-    parents int32[B, T]; ancestors bool[B, T, T] (`kernels.trees.ancestor_mask`); conv_taps
+    parents int32[B, T]; ancestors bool[B, T, T] (`zoo_kernels.trees.ancestor_mask`); conv_taps
     float32[B, T, w * (w - 1 + T)] (`conv_taps`)."""
 
     parents: jnp.ndarray
@@ -115,7 +115,7 @@ class Mamba2Mixer(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     init_std: float
-    backend: str = "auto"  # kernels.ssm_tree_scan backend used by `extend`
+    backend: str = "auto"  # zoo_kernels.ssm_tree_scan backend used by `extend`
 
     @property
     def d_inner(self) -> int:

@@ -10,7 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kernels.ssm_tree_scan import path_state
+from zoo_kernels.ssm_tree_scan import path_state
 
 
 @flax.struct.dataclass

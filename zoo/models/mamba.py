@@ -15,7 +15,7 @@ import flax.linen as nn
 import flax.struct
 import jax.numpy as jnp
 
-from kernels.trees import node_depths
+from zoo_kernels.trees import node_depths
 from zoo.layers.attention import attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv
 from zoo.layers.mamba2 import Mamba2Mixer, extend_tree

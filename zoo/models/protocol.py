@@ -35,7 +35,7 @@ class DecodingModel(Protocol):
     def extend(self, params: Params, cache: Cache, tokens: jnp.ndarray, parents: jnp.ndarray
                ) -> tuple[jnp.ndarray, jnp.ndarray, Pending]:
         """T new tokens per row, structured by `parents` [B, T], on top of the committed cache:
-        a chain, a token tree, or blocks whose nodes all see each other (`kernels.trees`)."""
+        a chain, a token tree, or blocks whose nodes all see each other (`zoo_kernels.trees`)."""
 
     def commit(self, cache: Cache, pending: Pending, path: jnp.ndarray, n_accepted: jnp.ndarray
                ) -> Cache:

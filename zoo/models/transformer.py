@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kernels.trees import node_depths
+from zoo_kernels.trees import node_depths
 from zoo.config import ModelConfig
 from zoo.layers.attention import Attention, attention_mask, mask_positions
 from zoo.layers.kv_cache import KVCache, KVPending, commit_kv

@@ -1,6 +1,7 @@
 """Speculative decoding is lossless: greedy output == AR greedy output, token for token."""
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,29 +32,65 @@ def _prompts(seed, batch, vocab=256):
             for _ in range(batch)]
 
 
+@dataclasses.dataclass(frozen=True)
+class NeverAccepted(DraftModelChain):
+    """The target's own greedy chain with every drafted token moved one id up: never the
+    target's choice, so each forward emits its bonus token alone."""
+
+    def propose(self, params, state, last, rng):
+        draft, state = super().propose(params, state, last, rng)
+        wrong = (draft.tokens[:, 1:] + 1) % self.model.vocab_size
+        return Draft(draft.tokens.at[:, 1:].set(wrong), draft.parents, draft.logprobs), state
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: one jit cache entry each
+class CountingTarget:
+    """The target, counting on the host every tree forward (`extend`) the device runs: a count
+    the engine's own bookkeeping plays no part in."""
+
+    model: Any
+    calls: list = dataclasses.field(default_factory=list)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def extend(self, params, cache, tokens, parents):
+        jax.debug.callback(lambda: self.calls.append(1))
+        return self.model.extend(params, cache, tokens, parents)
+
+
 def _drafters(target, target_params, draft_pair):
     draft, draft_params = draft_pair
     return {
         "prompt_lookup": (PromptLookup(num_draft=5), None),
         "draft_model": (DraftModelChain(draft, num_draft=3), draft_params),
         "self_draft": (DraftModelChain(target, num_draft=4), target_params),  # all accepted
+        "never_accepted": (NeverAccepted(target, num_draft=2), target_params),
     }
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-@pytest.mark.parametrize("name", ["prompt_lookup", "draft_model", "self_draft"])
+@pytest.mark.parametrize("name", ["prompt_lookup", "draft_model", "self_draft", "never_accepted"])
 def test_greedy_speculative_equals_ar(tiny_model_and_params, draft_pair, name, batch):
     model, params = tiny_model_and_params
     drafter, drafter_params = _drafters(model, params, draft_pair)[name]
+    counting = CountingTarget(model)
     got = assert_speculative_equals_ar(model, params, _prompts(batch, batch), drafter,
-                                       drafter_params,
+                                       drafter_params, verifier=counting,
                                        max_new_tokens=23)  # the limit falls inside a tree
-    # One forward emits at most max_depth + 1 tokens; tau counts them all over all forwards.
-    emitted = got.num_tokens - 1  # the first token comes from the prefill
+    # The loop runs while any row is active, so the longest row's forwards are all that ran.
+    forwards = len(counting.calls)
+    assert got.target_forwards.max() == forwards
+    emitted = got.num_tokens - 1  # the first token comes from the prefill (equal to AR's)
     assert np.all(got.target_forwards >= -(-emitted // (drafter.max_depth + 1)))
-    assert got.tau == pytest.approx(emitted.sum() / got.target_forwards.sum())
+    if batch == 1:
+        assert got.tau == pytest.approx(emitted[0] / forwards)
     if name == "self_draft":  # the target drafting for itself is always accepted: 22 = 5+5+5+5+2
         np.testing.assert_array_equal(got.target_forwards, 5)
+        assert got.tau == pytest.approx(22 / 5)
+    if name == "never_accepted":  # one token per forward, whatever the batch
+        np.testing.assert_array_equal(got.target_forwards, emitted)
+        assert got.tau == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", ["prompt_lookup", "self_draft"])

@@ -67,12 +67,26 @@ def _brute_force_best(table, size, ranks, depth):
     return best
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_growing_gives_the_best_tree_of_every_size(seed):
+    """Measured tables come in any rank order (rank 1 can beat rank 0): random, unsorted rows."""
     rng = np.random.default_rng(seed)
-    table = np.sort(rng.dirichlet(np.ones(4), size=2)[:, :3], axis=1)[:, ::-1]
+    table = rng.dirichlet(np.ones(4), size=2)[:, :3]
+    sizes = []
     for paths, expected in grow(table, max_nodes=6, max_depth=3):
+        assert len(set(paths)) == len(paths) and all(p[:-1] in paths for p in paths if p[1:])
         assert expected - 1 == pytest.approx(_brute_force_best(table, len(paths), 3, 3))
+        sizes.append(len(paths))
+    assert sizes == [1, 2, 3, 4, 5]
+
+
+def test_a_better_second_rank_is_drafted_without_the_first():
+    """When the drafter's second guess is the one the target takes, the tree holds rank 1 alone;
+    a search that assumed ranks sorted best first would start from rank 0."""
+    choice = best_tree([0.1, 0.8], Costs({1: 1.0, 3: 1.0}, (0.0,) * 3), max_depth=2,
+                       max_nodes=3)
+    assert choice.tree.paths[1:] == ((1,), (1, 1))
+    assert choice.tokens_per_step == pytest.approx(1 + 0.8 + 0.64)
 
 
 @pytest.mark.parametrize("kwargs, message", [

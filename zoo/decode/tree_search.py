@@ -8,10 +8,12 @@ always comes). A step costs the target's extend of T nodes (measured per T: flat
 accelerator, steep on a CPU) plus the drafter's proposal (measured per depth: a draft LM pays a
 forward per depth, heads one forward).
 
-For a size and depth the best tree is the T - 1 drafted nodes of highest value: every node is
-worth no more than its parent and its elder sibling (acceptances are probabilities, ranked best
-first), so those nodes form a tree, and growing it one best frontier node at a time visits the
-best tree of every size. The search scores each size and depth cap, and "no speculation" (a plain
+For a size and depth the best tree is the T - 1 drafted nodes of highest value: a node is worth
+no more than its parent (acceptances are probabilities, at most 1), so those nodes form a tree,
+and growing it one best frontier node at a time (the frontier: every child of a chosen node, of
+any rank) visits the best tree of every size. No order of the ranks is assumed: a measured table
+can say that the second-best candidate is accepted more often than the best, and the tree then
+holds rank 1 without rank 0 (`static_tree` allows any ranks). The search scores each size and depth cap, and "no speculation" (a plain
 AR step) competes with all of them: a drafter that does not pay is not used.
 """
 
@@ -91,21 +93,23 @@ def grow(acceptance, max_nodes: int, max_depth: int):
     def value(path):  # product of acceptances along the path; depth d uses row min(d, last)
         return float(np.prod([table[min(d, len(table) - 1), r] for d, r in enumerate(path)]))
 
-    frontier = [(-value((0,)), (0,))]
+    def children(path):
+        return [(*path, r) for r in range(table.shape[1])]
+
+    # Ties pop the shorter path first, so a parent always precedes a child of the same value.
+    frontier = [(-value(p), len(p), p) for p in children(())]
+    heapq.heapify(frontier)
     paths, expected = [], 1.0
     while frontier and len(paths) + 1 < max_nodes:
-        negative, path = heapq.heappop(frontier)
+        negative, _, path = heapq.heappop(frontier)
         if -negative <= 0:
             return  # the rest can never be accepted
         paths.append(path)
         expected -= negative
         yield list(paths), expected
-        # The candidates this node makes available: its next sibling and its first child.
-        if path[-1] + 1 < table.shape[1]:
-            sibling = (*path[:-1], path[-1] + 1)
-            heapq.heappush(frontier, (-value(sibling), sibling))
         if len(path) < max_depth:
-            heapq.heappush(frontier, (-value((*path, 0)), (*path, 0)))
+            for child in children(path):
+                heapq.heappush(frontier, (-value(child), len(child), child))
 
 
 def best_tree(acceptance: Sequence, costs: Costs, *, max_depth: int,

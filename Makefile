@@ -1,18 +1,26 @@
-# `make demo` and `make test` each create .venv with the machine's python3 when missing.
+# `make demo` and `make test` each create .venv with the machine's python3 when missing and
+# install zoo with the exact versions of requirements/lock.txt (the releases the suite last passed
+# on), so a new release on PyPI cannot break them; `make lock` moves the lock to the newest ones.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+# PyTorch's CPU wheels (PyPI's Linux torch is the CUDA build, several GB); empty to skip.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_INSTALL = pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# pytest-xdist workers: most of the suite is single-threaded XLA compiles.
+WORKERS ?= 2
 PROMPT ?= class Stack:\n    def __init__(self
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): setup.py | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test]"
+$(STAMP): setup.py $(LOCK) | $(BIN)/python
+	$(BIN)/$(PIP_INSTALL) --constraint $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,7 +31,20 @@ demo: $(STAMP)
 		--speculative prompt_lookup
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n $(WORKERS) --dist loadfile --durations=10
+
+# Re-resolve every dependency to its newest release in a fresh environment, run the suite there,
+# and only if it passes rewrite the lock (then `make test` reinstalls from it).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/$(PIP_INSTALL) --upgrade -e ".[test]"
+	.venv-lock/bin/pip check
+	.venv-lock/bin/python -m pytest tests -q -n $(WORKERS) --dist loadfile
+	.venv-lock/bin/python requirements/write_lock.py > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 bench: $(STAMP)  # the first run trains the speculative benchmarks' models once (~100 min)
 	$(BIN)/python bench/ar_decode.py
@@ -47,4 +68,4 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/charts.py      # every chart again, and the targets' loss curves
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .venv-lock

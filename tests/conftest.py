@@ -1,17 +1,26 @@
 """Shared fixtures: tiny model configs and a session-wide corpus directory."""
 
 import gc
+import os
 import pathlib
 
-import jax
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# One persistent compilation cache for the whole run, xdist workers and subprocesses (notebooks,
+# 8-device and multi-process checks) included: XLA:CPU compiles are most of the suite's time, and
+# many modules compile the same tiny programs (each module drops its in-memory programs, below).
+# Entries are keyed by the exact program and jax version, so a changed program compiles anew.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
+
+import jax  # noqa: E402  (after the cache settings, which jax reads when imported)
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zoo import config as config_lib
 from zoo.config import ModelConfig
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_model_config(**overrides) -> ModelConfig:

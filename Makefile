@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
-# PyTorch's CPU wheels (PyPI's Linux torch is the CUDA build, several GB); empty to skip.
+# PyTorch's CPU wheels (PyPI's Linux torch is the CUDA build, several GB), asked for torch alone
+# (its dependencies and everything else come from PyPI); empty to skip.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-PIP_INSTALL = pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+CPU_TORCH = pip install --quiet --no-deps --extra-index-url $(TORCH_INDEX)
 # pytest-xdist workers: most of the suite is single-threaded XLA compiles.
 WORKERS ?= 2
 PROMPT ?= class Stack:\n    def __init__(self
@@ -20,7 +21,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): setup.py $(LOCK) | $(BIN)/python
-	$(BIN)/$(PIP_INSTALL) --constraint $(LOCK) -e ".[test]"
+	$(if $(TORCH_INDEX),$(BIN)/$(CPU_TORCH) --constraint $(LOCK) torch)
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,7 +41,8 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip
-	.venv-lock/bin/$(PIP_INSTALL) --upgrade -e ".[test]"
+	$(if $(TORCH_INDEX),.venv-lock/bin/$(CPU_TORCH) torch)
+	.venv-lock/bin/pip install --quiet --upgrade -e ".[test]"
 	.venv-lock/bin/pip check
 	.venv-lock/bin/python -m pytest tests -q -n $(WORKERS) --dist loadfile
 	.venv-lock/bin/python requirements/write_lock.py > $(LOCK).new

@@ -128,6 +128,17 @@ def random_parents(rng: np.random.Generator, t: int, kind: str) -> np.ndarray:
 
 
 
+# The longest modules (minutes each, mostly one subprocess) start first: pytest-xdist hands out
+# whole modules in collection order, and a long one handed out last leaves a worker idle.
+LONG_MODULES = ("test_parallel.py", "test_notebooks.py", "test_multihost.py", "test_training.py",
+                "test_heads_training.py", "test_lowering.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a rank
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """Drop every compiled program after each test module. XLA:CPU maps each executable's code
@@ -158,3 +169,12 @@ def tiny_model_and_params():
     from zoo.models import build_model
     model = build_model(tiny_model_config())
     return model, model.init(jax.random.key(0))
+
+
+def lowered_text(fn, *args, platform: str) -> str:
+    """The StableHLO of `jax.jit(fn)` traced on `args` (arrays or ShapeDtypeStructs) and lowered
+    for `platform` ("cpu", "tpu" or "cuda"), with debug locations (named scopes such as
+    `zoo.platform.CPU_WORKAROUND`). Lowering needs no device of that platform; nothing runs."""
+    traced = jax.jit(fn).trace(*args)
+    return traced.lower(lowering_platforms=(platform,)).as_text(debug_info=True)
+

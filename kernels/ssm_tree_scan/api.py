@@ -9,8 +9,9 @@
 
 A Pallas backend forced on a platform it was not written for runs in Pallas interpret mode (TPU
 kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every backend runs
-everywhere. `node_state` and `path_state` (the state after one node, for commit) are pure jnp on
-every platform.
+everywhere; the choice is made when the program is lowered (`zoo_kernels.backends.run`), not from
+the host's default backend. `node_state` and `path_state` (the state after one node, for commit)
+are pure jnp on every platform.
 """
 
 from zoo_kernels import backends
@@ -18,22 +19,21 @@ from zoo_kernels.backends import BACKENDS
 from zoo_kernels.ssm_tree_scan import gpu, reference, tpu, xla
 
 
-def _pallas_tpu(*args):
-    return tpu.ssm_tree_scan(*args, interpret=backends.tpu_interpret())
+def _pallas_tpu(*args, compiled):
+    return tpu.ssm_tree_scan(*args, interpret=backends.interpret_params("pallas_tpu", compiled))
 
 
-def _pallas_gpu(*args):
-    return gpu.ssm_tree_scan(*args, interpret=backends.gpu_interpret())
+def _pallas_gpu(*args, compiled):
+    return gpu.ssm_tree_scan(*args, interpret=backends.interpret_params("pallas_gpu", compiled))
 
 
-_IMPLEMENTATIONS = {"reference": reference.ssm_tree_scan, "xla": xla.ssm_tree_scan,
-                    "pallas_tpu": _pallas_tpu, "pallas_gpu": _pallas_gpu}
 _UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
 
 
-def resolve_backend(backend: str, x, B) -> str:
-    """The concrete backend `backend` means for these shapes on this platform."""
-    return backends.resolve("ssm_tree_scan", backend, _UNSUPPORTED, x, B)
+def resolve_backend(backend: str, x, B, platform: str | None = None) -> str:
+    """The concrete backend `backend` means for these shapes on `platform` ("cpu", "tpu",
+    "gpu"; default: this host's)."""
+    return backends.resolve("ssm_tree_scan", backend, _UNSUPPORTED, x, B, platform=platform)
 
 
 def _dims(op: str, x, B):
@@ -73,12 +73,14 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, backend: str = "auto", ance
     bt, t, h, p, n = _dims("ssm_tree_scan", x, B)
     _check_shapes("ssm_tree_scan", x, B, dt=(dt, (bt, t, h)), A=(A, (h,)), C=(C, B.shape),
                   D=(D, (h,)), h0=(h0, (bt, h, p, n)), parents=(parents, (bt, t)))
-    name = resolve_backend(backend, x, B)
-    if name == "xla":
-        if ancestors is not None:
-            _check_shapes("ssm_tree_scan", x, B, ancestors=(ancestors, (bt, t, t)))
-        return xla.ssm_tree_scan(x, dt, A, B, C, D, h0, parents, ancestors)
-    return _IMPLEMENTATIONS[name](x, dt, A, B, C, D, h0, parents)
+    if ancestors is not None:
+        _check_shapes("ssm_tree_scan", x, B, ancestors=(ancestors, (bt, t, t)))
+    implementations = {"reference": reference.ssm_tree_scan, "pallas_tpu": _pallas_tpu,
+                       "pallas_gpu": _pallas_gpu,
+                       # The XLA path reads the caller's ancestor mask; the kernels build theirs.
+                       "xla": lambda *args: xla.ssm_tree_scan(*args, ancestors)}
+    return backends.run("ssm_tree_scan", backend, implementations, _UNSUPPORTED, (x, B),
+                        x, dt, A, B, C, D, h0, parents)
 
 
 def node_state(x, dt, B, log_decay, h0, parents, node):

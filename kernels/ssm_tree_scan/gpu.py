@@ -73,6 +73,7 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, interpret: bool = False,
         out_shape=[jax.ShapeDtypeStruct((bt, h, t_pad, p), x.dtype),
                    jax.ShapeDtypeStruct((bt, h, t_pad, 1), jnp.float32)],
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
+        name="ssm_tree_scan",
         interpret=interpret,
     )(A.astype(jnp.float32)[:, None], D.astype(jnp.float32)[:, None], x_h, dt_col, dt_row, b_g,
       c_g, h0.astype(jnp.float32), par)

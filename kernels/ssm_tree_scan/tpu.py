@@ -139,6 +139,7 @@ def ssm_tree_scan(x, dt, A, B, C, D, h0, parents, *, interpret=None):
         out_shape=[jax.ShapeDtypeStruct((bt, h, t_pad, p), x.dtype),
                    jax.ShapeDtypeStruct((bt, h, t_pad, 1), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        name="ssm_tree_scan",
         interpret=interpret,
     )(A.astype(jnp.float32), D.astype(jnp.float32), x_h, dt_col, dt_row, b_g, c_g,
       h0.astype(jnp.float32), par)

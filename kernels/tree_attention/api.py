@@ -1,7 +1,8 @@
 """One entry point for tree attention; `backend=` picks the implementation.
 
-  auto        the Pallas kernel of the platform (TPU -> pallas_tpu, GPU -> pallas_gpu, falling
-              back to xla for shapes the kernel cannot take), the XLA path on CPU;
+  auto        the Pallas kernel of the platform the program is compiled for (TPU -> pallas_tpu,
+              GPU -> pallas_gpu, falling back to xla for shapes the kernel cannot take), the XLA
+              path elsewhere (CPU);
   reference   the readable truth (dense mask), for tests;
   xla         the fast pure-XLA path;
   pallas_tpu  the Mosaic kernel (tpu.py);
@@ -9,20 +10,25 @@
 
 A Pallas backend forced on a platform it was not written for runs in Pallas interpret mode (TPU
 kernels with simulated VMEM/SMEM and out-of-bounds reads raising), so every backend runs
-everywhere, e.g. a whole speculative decode on the TPU kernel on a CPU laptop.
+everywhere, e.g. a whole speculative decode on the TPU kernel on a CPU laptop. The choice is made
+when the program is lowered (`zoo_kernels.backends.run`), not from the host's default backend.
 """
+
+import functools
 
 from zoo_kernels import backends
 from zoo_kernels.backends import BACKENDS
 from zoo_kernels.tree_attention import gpu, reference, tpu, xla
 
 
-def _pallas_tpu(*args, scale):
-    return tpu.tree_attention(*args, scale=scale, interpret=backends.tpu_interpret())
+def _pallas_tpu(*args, scale, compiled):
+    return tpu.tree_attention(*args, scale=scale,
+                              interpret=backends.interpret_params("pallas_tpu", compiled))
 
 
-def _pallas_gpu(*args, scale):
-    return gpu.tree_attention(*args, scale=scale, interpret=backends.gpu_interpret())
+def _pallas_gpu(*args, scale, compiled):
+    return gpu.tree_attention(*args, scale=scale,
+                              interpret=backends.interpret_params("pallas_gpu", compiled))
 
 
 _IMPLEMENTATIONS = {"reference": reference.tree_attention, "xla": xla.tree_attention,
@@ -30,9 +36,11 @@ _IMPLEMENTATIONS = {"reference": reference.tree_attention, "xla": xla.tree_atten
 _UNSUPPORTED = {"pallas_tpu": tpu.unsupported, "pallas_gpu": gpu.unsupported}
 
 
-def resolve_backend(backend: str, q, k_cache) -> str:
-    """The concrete backend `backend` means for these shapes on this platform."""
-    return backends.resolve("tree_attention", backend, _UNSUPPORTED, q, k_cache)
+def resolve_backend(backend: str, q, k_cache, platform: str | None = None) -> str:
+    """The concrete backend `backend` means for these shapes on `platform` ("cpu", "tpu",
+    "gpu"; default: this host's)."""
+    return backends.resolve("tree_attention", backend, _UNSUPPORTED, q, k_cache,
+                            platform=platform)
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None,
@@ -59,5 +67,7 @@ def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, sca
     if cache_len.shape != (b,) or parents.shape != (b, t):
         raise ValueError(f"tree_attention: cache_len {cache_len.shape} / parents {parents.shape} "
                          f"must be ({b},) / ({b}, {t})")
-    impl = _IMPLEMENTATIONS[resolve_backend(backend, q, k_cache)]
-    return impl(q, k_cache, v_cache, cache_len, k_new, v_new, parents, scale=scale)
+    implementations = {name: functools.partial(fn, scale=scale)
+                       for name, fn in _IMPLEMENTATIONS.items()}
+    return backends.run("tree_attention", backend, implementations, _UNSUPPORTED, (q, k_cache),
+                        q, k_cache, v_cache, cache_len, k_new, v_new, parents)

@@ -18,7 +18,7 @@ from zoo_kernels.ssm_tree_scan import (api, gpu, node_state, path_state, referen
                                        ssm_tree_scan, tpu, xla)
 from zoo_kernels.trees import ancestor_mask, chain_parents
 
-from conftest import random_parents
+from conftest import lowered_text, random_parents
 
 # Everything runs jitted: one compilation per shape instead of one per eager op.
 IMPLEMENTATIONS = {
@@ -274,12 +274,11 @@ def test_heads_must_split_into_groups_and_node_must_match_batch():
         node_state(x, dt, B, log_decay, h0, parents, jnp.zeros((3,), jnp.int32))
 
 
-def test_auto_picks_the_platform_kernel(monkeypatch):
+def test_auto_picks_the_platform_kernel():
     x, b = jnp.zeros((1, 7, 4, 64)), jnp.zeros((1, 7, 1, 64))
-    assert api.resolve_backend("auto", x, b) == "xla"  # this CPU
+    assert api.resolve_backend("auto", x, b, platform="cpu") == "xla"
     for platform, kernel in (("tpu", "pallas_tpu"), ("gpu", "pallas_gpu")):
-        monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
-        assert api.resolve_backend("auto", x, b) == kernel
+        assert api.resolve_backend("auto", x, b, platform=platform) == kernel
     # Shapes the GPU kernel cannot take fall back to XLA under auto, and are errors if forced.
     for odd_x, odd_b, message in (
             (jnp.zeros((1, 7, 4, 48)), b, "power-of-two head dim P >= 16, got 48"),
@@ -296,13 +295,12 @@ def test_gpu_kernel_rejects_unsupported_shapes_itself():
         gpu.ssm_tree_scan(*args, interpret=True)
 
 
-def test_tpu_kernel_takes_trees_that_fit_in_vmem_only(monkeypatch):
+def test_tpu_kernel_takes_trees_that_fit_in_vmem_only():
     shape = lambda t: (jnp.zeros((1, t, 8, 64)), jnp.zeros((1, t, 1, 128)))  # noqa: E731
     assert api.resolve_backend("pallas_tpu", *shape(512)) == "pallas_tpu"
     with pytest.raises(ValueError, match="a tree of 1024 nodes needs ~41 MiB of VMEM"):
         api.resolve_backend("pallas_tpu", *shape(1024))
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert api.resolve_backend("auto", *shape(1024)) == "xla"
+    assert api.resolve_backend("auto", *shape(1024), platform="tpu") == "xla"
 
 
 def _abstract_args(dtype):
@@ -321,3 +319,16 @@ def _abstract_args(dtype):
 def test_kernel_lowers_for_its_platform(platform, kernel, marker, dtype):
     lowered = jax.jit(kernel).trace(*_abstract_args(dtype)).lower(lowering_platforms=(platform,))
     assert marker in lowered.as_text()
+
+
+@pytest.mark.parametrize("backend, want", [
+    ("auto", {"cpu": (False, False), "tpu": (True, False), "cuda": (False, True)}),
+    ("xla", {"cpu": (False, False), "tpu": (False, False), "cuda": (False, False)}),
+])
+def test_backends_are_chosen_for_the_platform_a_program_is_lowered_for(backend, want):
+    """(Mosaic call, Triton call) in the module lowered for each platform: `auto` is the
+    platform's kernel."""
+    for platform, calls in want.items():
+        text = lowered_text(functools.partial(ssm_tree_scan, backend=backend),
+                            *_abstract_args(jnp.bfloat16), platform=platform)
+        assert ("tpu_custom_call" in text, "xla.gpu.triton" in text) == calls, platform

@@ -19,7 +19,7 @@ from zoo_kernels.tree_attention import api, blocks, gpu, tpu, tree_attention
 from zoo.decode.drafters import PromptLookup
 from zoo.models import build_model
 
-from conftest import assert_speculative_equals_ar
+from conftest import assert_speculative_equals_ar, lowered_text
 from test_tree_attention import _case
 
 # Small blocks so that every case spans several cache blocks, the last one partial.
@@ -70,13 +70,12 @@ def test_forced_backend_runs_interpreted_through_the_api(backend):
     chex.assert_trees_all_close(tree_attention(*args, backend=backend), want, atol=2e-5, rtol=2e-5)
 
 
-def test_auto_picks_the_platform_kernel(monkeypatch):
+def test_auto_picks_the_platform_kernel():
     q = jnp.zeros((1, 7, 4, 64))
     cache = jnp.zeros((1, 2, 32, 64))
-    assert api.resolve_backend("auto", q, cache) == "xla"  # this CPU
+    assert api.resolve_backend("auto", q, cache, platform="cpu") == "xla"
     for platform, kernel in (("tpu", "pallas_tpu"), ("gpu", "pallas_gpu")):
-        monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
-        assert api.resolve_backend("auto", q, cache) == kernel
+        assert api.resolve_backend("auto", q, cache, platform=platform) == kernel
     # A shape the GPU kernel cannot take falls back to XLA under auto, and is an error if forced.
     odd = jnp.zeros((1, 7, 4, 48))
     assert api.resolve_backend("auto", odd, jnp.zeros((1, 2, 32, 48))) == "xla"
@@ -245,3 +244,21 @@ def test_greedy_speculative_decode_on_the_tpu_kernel_equals_ar(tiny_model_and_pa
     assert_speculative_equals_ar(model, params, [[5, 6, 7, 5, 6, 7, 5], [9, 8, 9, 8]],
                                  PromptLookup(num_draft=4), max_new_tokens=12,
                                  verifier=on_tpu_kernel, max_len=64)
+
+
+# What each backend name compiles to, read off the module lowered for each platform: `auto` is
+# the platform's kernel; a forced kernel on this CPU host runs interpreted wherever it is lowered.
+DISPATCH = {  # backend -> {lowering platform: (Mosaic call, Triton call) in the module}
+    "auto": {"cpu": (False, False), "tpu": (True, False), "cuda": (False, True)},
+    "xla": {"cpu": (False, False), "tpu": (False, False), "cuda": (False, False)},
+    "pallas_gpu": {"cpu": (False, False)},
+}
+
+
+@pytest.mark.parametrize("backend", list(DISPATCH))
+def test_backends_are_chosen_for_the_platform_a_program_is_lowered_for(backend):
+    args = _abstract_args(jnp.bfloat16, 4)
+    for platform, want in DISPATCH[backend].items():
+        text = lowered_text(functools.partial(tree_attention, backend=backend), *args,
+                            platform=platform)
+        assert ("tpu_custom_call" in text, "xla.gpu.triton" in text) == want, platform

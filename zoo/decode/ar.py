@@ -4,12 +4,14 @@ Prompts of different lengths are left-aligned and padded to a bucket; `prefill` 
 cache, then a `lax.while_loop` runs `extend` (a one-node chain) + sample + `commit` until every
 row has emitted EOS or `max_new_tokens`. The host sees nothing until the loop ends.
 
-The KV cache grows as the rows do (`capacities`): the loop starts on the smallest power-of-two
-fraction of `max_len` that holds the prompt bucket, and when the longest row fills it, the cache is
-copied once into the next size and a loop over that size resumes. A step's attention then reads a
-whole cache that is at most twice the longest row, where a full-size cache would have it either
-read every slot or copy the prefix it needs out of each layer's cache on every step (XLA:CPU
-materialises a slice before a matmul).
+On CPU the KV cache grows as the rows do (`capacities`): the loop starts on the smallest
+power-of-two fraction of `max_len` that holds the prompt bucket, and when the longest row fills it,
+the cache is copied once into the next size and a loop over that size resumes. A step's attention
+then reads a whole cache that is at most twice the longest row, where a full-size cache would have
+it either read every slot or copy the prefix it needs out of each layer's cache on every step
+(XLA:CPU materialises a slice before a matmul). On TPU and GPU the tree-attention kernels skip the
+cache blocks past each row's length, so a program compiled for them keeps one full-size cache and
+copies nothing (`zoo.platform.on_cpu` picks the loop when the program is lowered).
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ import numpy as np
 from zoo_kernels.tree_attention.xla import read_lengths
 from zoo.decode.sampling import Sampler
 from zoo.layers.kv_cache import grow_kv, has_kv
+from zoo.platform import on_cpu
 
 PROMPT_BUCKET = 32  # prompts are padded to a multiple of this: one compile per bucket
 CACHE_BUCKET = 128
@@ -124,12 +127,22 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                                              "eos_id", "pad_id"))
 def _decode(params, tokens, lengths, rng, *, model, sampler, max_new_tokens, max_len, eos_id,
             pad_id):
-    batch, prompt_len = tokens.shape
-    sizes = capacities(prompt_len, max_new_tokens, max_len)
+    loop = functools.partial(_loop, params, tokens, lengths, rng, model=model, sampler=sampler,
+                             max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+    growing = capacities(tokens.shape[1], max_new_tokens, max_len)
+    if len(growing) == 1:
+        return loop(growing)
+    return on_cpu(lambda: loop(growing), lambda: loop([max_len]))
+
+
+def _loop(params, tokens, lengths, rng, sizes, *, model, sampler, max_new_tokens, eos_id,
+          pad_id):
+    """The decode loop over a cache of `sizes[0]` slots, grown to each next size in turn."""
+    batch = tokens.shape[0]
     logits, _, cache = model.prefill(params, tokens, lengths, sizes[0],
                                      logits_at=(lengths - 1)[:, None])
     if not has_kv(cache):  # nothing to grow (a pure SSM model): one loop
-        cache, sizes = grow_kv(cache, max_len), [max_len]
+        cache, sizes = grow_kv(cache, sizes[-1]), sizes[-1:]
     first = sampler.sample(jax.random.fold_in(rng, 0), logits[:, 0])
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_id

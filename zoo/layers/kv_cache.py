@@ -5,6 +5,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from zoo.platform import on_cpu
+
 
 @flax.struct.dataclass
 class KVCache:
@@ -88,12 +90,15 @@ def commit_kv(cache: KVCache, pending: KVPending, path: jnp.ndarray, n_accepted:
     j = jnp.arange(m)[None, :]
     slots = jnp.where(j < n_accepted[:, None], cache.lengths[:, None] + j, cache.max_len)
 
-    def write(layer_cache, layer_pending):
+    def scatter(layer_cache, accepted, slots):
         # Index [rows, :, slots] puts the (B, M) index dims first: values are [B, M, K, D].
+        return layer_cache.at[rows, :, slots].set(accepted, mode="drop")
+
+    def write(layer_cache, layer_pending):
         accepted = layer_pending[rows, path].astype(layer_cache.dtype)  # [B, M, K, D]
-        if _scatters_natively(layer_cache.dtype):
-            return layer_cache.at[rows, :, slots].set(accepted, mode="drop")
-        return _select_write(layer_cache, accepted, slots)
+        if jnp.dtype(layer_cache.dtype).itemsize >= 4:
+            return scatter(layer_cache, accepted, slots)
+        return on_cpu(_select_write, scatter, layer_cache, accepted, slots)
 
     k = tuple(write(c, p) for c, p in zip(cache.k, pending.k))
     v = tuple(write(c, p) for c, p in zip(cache.v, pending.v))
@@ -101,17 +106,14 @@ def commit_kv(cache: KVCache, pending: KVPending, path: jnp.ndarray, n_accepted:
     return KVCache(k, v, lengths, cache.max_len)
 
 
-def _scatters_natively(dtype) -> bool:
-    """XLA:CPU runs a scatter into a 16-bit array as convert to float32, scatter, convert back:
-    two whole-cache passes per layer per step (4.4 ms of a 10 ms batch-16 bfloat16 decode step,
-    bench/ar_decode.py). Accelerators and 32-bit caches scatter in place."""
-    return jnp.dtype(dtype).itemsize >= 4 or jax.default_backend() != "cpu"
-
-
 def _select_write(layer_cache, accepted, slots):
     """The scatter of `commit_kv` as one elementwise pass over the cache: slot s of row b takes
-    accepted[b, j] where slots[b, j] == s. One read and one write of the cache in its own dtype
-    (a third of the converting scatter's traffic); the M selects fuse into that one pass."""
+    accepted[b, j] where slots[b, j] == s. One read and one write of the cache in its own dtype.
+
+    For 16-bit caches in CPU programs only: XLA:CPU runs a scatter into a 16-bit array as convert
+    to float32, scatter, convert back, two whole-cache passes per layer per step (4.4 ms of a
+    10 ms batch-16 bfloat16 decode step, bench/ar_decode.py); this pass moves a third of that.
+    TPUs, GPUs and 32-bit caches scatter in place."""
     slot = jnp.arange(layer_cache.shape[2])[None, None, :, None]  # [1, 1, S, 1]
     out = layer_cache
     for j in range(slots.shape[1]):

@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from zoo.layers.rms_norm import RMSNorm
+from zoo.platform import on_cpu
 
 _MATMUL = (((1,), (0,)), ((), ()))  # x [N, K] . w [K, M]
 # XLA:CPU runs a bfloat16 GEMM of 1-3 rows 1.1-10x slower than one of 4 (a 1-row [512, 2048]
-# product: 1.1 ms, 4 rows: 0.12 ms), so fewer rows are padded to 4: batch-1 bfloat16 decoding
-# 269 -> 301-320 tokens/s (bench/ar_decode.py --dtype bfloat16).
+# product: 1.1 ms, 4 rows: 0.12 ms), so in CPU programs fewer rows are padded to 4: batch-1
+# bfloat16 decoding 269 -> 301-320 tokens/s (bench/ar_decode.py --dtype bfloat16).
 MIN_LOW_PRECISION_ROWS = 4
 
 
@@ -42,13 +43,14 @@ def _low_precision_matmul_bwd(residuals, g):
 
 
 def materialized(x):
-    """x (made by a transpose) as its own row-major array when it is 16-bit on CPU; x itself
-    otherwise. XLA:CPU folds a transpose into the dot that reads it (or into a layout change the
-    dot reads transposed) and then runs a bfloat16 dot as a float32 GEMM; the barrier on the flat
-    view keeps the transpose a copy of its own."""
-    if jnp.dtype(x.dtype).itemsize >= 4 or jax.default_backend() != "cpu":
+    """x (made by a transpose) as its own row-major array when it is 16-bit in a CPU program; x
+    itself otherwise. XLA:CPU folds a transpose into the dot that reads it (or into a layout
+    change the dot reads transposed) and then runs a bfloat16 dot as a float32 GEMM; the barrier
+    on the flat view keeps the transpose a copy of its own. TPU and GPU programs never see it."""
+    if jnp.dtype(x.dtype).itemsize >= 4:
         return x
-    return jax.lax.optimization_barrier(x.reshape(-1)).reshape(x.shape)
+    return on_cpu(lambda x: jax.lax.optimization_barrier(x.reshape(-1)).reshape(x.shape),
+                  lambda x: x, x)
 
 
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
@@ -63,9 +65,10 @@ def token_dot(x, kernel, dimension_numbers, precision=None):
     n, k = x.shape[0], math.prod(x.shape[1:])
     x2, w2 = x.reshape(n, k), kernel.reshape(k, -1)
     if jnp.dtype(x.dtype).itemsize < 4:
-        rows = MIN_LOW_PRECISION_ROWS if jax.default_backend() == "cpu" else 1
-        if n < rows:  # XLA:CPU's 1-3 row bfloat16 GEMM is its slow path: run 4 rows
-            y = _low_precision_matmul(jnp.pad(x2, ((0, rows - n), (0, 0))), w2)[:n]
+        if n < MIN_LOW_PRECISION_ROWS:  # XLA:CPU's 1-3 row bfloat16 GEMM is its slow path
+            rows = MIN_LOW_PRECISION_ROWS
+            y = on_cpu(lambda x2, w2: _low_precision_matmul(
+                jnp.pad(x2, ((0, rows - n), (0, 0))), w2)[:n], _low_precision_matmul, x2, w2)
         else:
             y = _low_precision_matmul(x2, w2)
     else:

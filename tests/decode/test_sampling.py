@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.decode.sampling import Sampler
+from zoo.decode.sampling import Sampler, reference_logprobs
 
 
 def _support(logprobs):
@@ -47,6 +47,25 @@ def test_top_k_then_top_p_and_sampling_stays_in_support():
     for seed in range(20):
         tokens = sampler.sample(jax.random.key(seed), logits)
         assert all(int(t) in s for t, s in zip(tokens, support))
+
+
+@pytest.mark.parametrize("top_k, top_p", [(1, 1.0), (7, 1.0), (300, 1.0), (0, 0.3), (0, 0.9),
+                                          (0, 0.999), (12, 0.7), (1000, 0.5)])
+def test_filters_equal_the_sorting_definition(top_k, top_p):
+    """The bisection thresholds keep exactly what sorting the vocabulary keeps, on rows with
+    ties, negative and positive logits, huge and tiny ones, and -inf entries."""
+    rng = np.random.default_rng(top_k + int(top_p * 1000))
+    logits = rng.normal(size=(6, 300)).astype(np.float32) * 3
+    logits[1] = np.round(logits[1])  # many ties
+    logits[2, :150] = -np.inf  # a masked half
+    logits[3] *= 1e4  # nearly one-hot
+    logits[4] = 0.0  # all equal
+    logits[5] = np.where(rng.random(300) < 0.5, -1e-30, 1e-30)  # signs of zero-ish values
+    sampler = Sampler(temperature=0.8, top_k=top_k, top_p=top_p)
+    got, want = sampler.logprobs(jnp.asarray(logits)), reference_logprobs(sampler, logits)
+    for row in range(len(logits)):
+        assert _support(got[row]) == _support(want[row]), row
+    np.testing.assert_allclose(np.exp(got), np.exp(want), atol=1e-6)
 
 
 def test_invalid_sampler_settings():

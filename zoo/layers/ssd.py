@@ -82,13 +82,16 @@ def ssd_chunked(x, dt, A, B, C, D, h0=None, chunk_size: int = 64):
     chunk_states = jnp.einsum("bcjgr,bcjgr,bcjgrp,bcjgn->bcgrpn", to_end, dtc, xc, bc)
     chunk_decay = jnp.exp(cum[:, :, -1])  # [Bt, nc, G, R]
 
+    # A scan over chunks, not a Python loop: the program (and its compile time) stays one step
+    # long whatever the sequence length (a 32k prefill is 512 chunks of 64).
+    def carry(state, chunk):
+        decay, contribution = chunk
+        return decay[..., None, None] * state + contribution, state  # emits the entering state
+
     state = (_zero_state(x, n) if h0 is None else h0).reshape(bt, g, r, p, n)
-    entering = []
-    for c in range(chunk_states.shape[1]):
-        entering.append(state)
-        state = chunk_decay[:, c, ..., None, None] * state + chunk_states[:, c]
-    final = state
-    entering = jnp.stack(entering, axis=1)  # [Bt, nc, G, R, P, N]
+    final, entering = jax.lax.scan(carry, state, (jnp.moveaxis(chunk_decay, 1, 0),
+                                                  jnp.moveaxis(chunk_states, 1, 0)))
+    entering = jnp.moveaxis(entering, 0, 1)  # [Bt, nc, G, R, P, N]
     y = y + jnp.einsum("bcign,bcgrpn,bcigr->bcigrp", cc, entering, jnp.exp(cum))
     y = y.reshape(bt, -1, h, p)[:, :length] + D[:, None] * x.astype(jnp.float32)
     return y.astype(x.dtype), final.reshape(bt, h, p, n)

@@ -45,11 +45,11 @@ def cases(quick: bool):
 
 
 def _kernel_fn(kernel: str, num_splits):
+    compiled = jax.default_backend() == {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}[kernel]
+    interpret = backends.interpret_params(kernel, compiled)
     if kernel == "pallas_gpu":
-        return lambda *a: gpu.tree_attention(*a, num_splits=num_splits,
-                                             interpret=backends.gpu_interpret())
-    return lambda *a: tpu.tree_attention(*a, num_splits=num_splits,
-                                         interpret=backends.tpu_interpret())
+        return lambda *a: gpu.tree_attention(*a, num_splits=num_splits, interpret=interpret)
+    return lambda *a: tpu.tree_attention(*a, num_splits=num_splits, interpret=interpret)
 
 
 def _auto_splits(kernel: str, args) -> int:

@@ -71,4 +71,4 @@ bench: $(STAMP)  # the first run trains the speculative benchmarks' models once 
 	$(BIN)/python bench/charts.py      # every chart again, and the targets' loss curves
 
 clean:
-	rm -rf runs .pytest_cache .venv-lock
+	rm -rf runs .pytest_cache .venv-lock .cache

@@ -20,7 +20,7 @@ import jax
 from jax import lax
 from jax.experimental.pallas import tpu as pltpu
 
-from zoo_kernels.names import BACKENDS
+from .names import BACKENDS
 
 VMEM_BUDGET = 16 * 2**20  # the default scoped-VMEM limit of TPU v4/v5e (v5p/v6e allow more)
 KERNELS = {"tpu": "pallas_tpu", "cuda": "pallas_gpu"}  # lowering platform -> its Pallas backend
@@ -37,11 +37,6 @@ def interpret_params(backend: str, compiled: bool):
     return not compiled
 
 
-def check(op: str, backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown {op} backend {backend!r}; choose one of {BACKENDS}")
-
-
 def resolve(op: str, backend: str, unsupported, *shaped, platform: str | None = None) -> str:
     """The concrete backend `backend` means for these shapes on `platform` ("cpu", "tpu", "gpu"
     or "cuda"; default: this host's), for reports and tests; `run` decides per program.
@@ -49,10 +44,10 @@ def resolve(op: str, backend: str, unsupported, *shaped, platform: str | None = 
     unsupported: {"pallas_tpu": fn, "pallas_gpu": fn}, each fn(*shaped) giving why its kernel
     cannot take these shapes, or None. A forced kernel that cannot take them is a ValueError.
     """
-    check(op, backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown {op} backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        platform = platform or jax.default_backend()
-        kernel = KERNELS.get("cuda" if platform == "gpu" else platform)
+        kernel = KERNELS.get(_lowering_platform(platform or jax.default_backend()))
         return kernel if kernel and unsupported[kernel](*shaped) is None else "xla"
     if backend in unsupported and (problem := unsupported[backend](*shaped)) is not None:
         raise ValueError(problem)
@@ -72,10 +67,14 @@ def run(op: str, backend: str, implementations, unsupported, shaped, *args):
         kernels = {platform: _compiled(implementations[kernel])
                    for platform, kernel in KERNELS.items() if unsupported[kernel](*shaped) is None}
         return lax.platform_dependent(*args, default=implementations["xla"], **kernels)
-    platform = next(p for p, kernel in KERNELS.items() if kernel == backend)
-    host = "cuda" if jax.default_backend() == "gpu" else jax.default_backend()
-    return implementations[backend](*args, compiled=host == platform)
+    compiled = KERNELS.get(_lowering_platform(jax.default_backend())) == backend
+    return implementations[backend](*args, compiled=compiled)
 
 
 def _compiled(impl):
     return lambda *a: impl(*a, compiled=True)
+
+
+def _lowering_platform(platform: str) -> str:
+    """A backend name as `lowering_platforms` spells it ("gpu" is CUDA's here)."""
+    return "cuda" if platform == "gpu" else platform

@@ -1,3 +1,3 @@
-from zoo_kernels.ssm_tree_scan.api import BACKENDS, node_state, path_state, ssm_tree_scan
+from .api import BACKENDS, node_state, path_state, ssm_tree_scan
 
 __all__ = ["BACKENDS", "node_state", "path_state", "ssm_tree_scan"]

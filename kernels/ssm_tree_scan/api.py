@@ -14,9 +14,9 @@ the host's default backend. `node_state` and `path_state` (the state after one n
 are pure jnp on every platform.
 """
 
-from zoo_kernels import backends
-from zoo_kernels.backends import BACKENDS
-from zoo_kernels.ssm_tree_scan import gpu, reference, tpu, xla
+from .. import backends
+from ..backends import BACKENDS
+from . import gpu, reference, tpu, xla
 
 
 def _pallas_tpu(*args, compiled):

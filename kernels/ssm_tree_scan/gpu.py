@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from zoo_kernels.ssm_tree_scan.tpu import from_kernel_layout, scan_tile, to_kernel_layout
+from .tpu import from_kernel_layout, scan_tile, to_kernel_layout
 
 MAX_NODES = 128
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from zoo_kernels.backends import VMEM_BUDGET, round_up
-from zoo_kernels.trees import ancestor_masks_in_kernel
+from ..backends import VMEM_BUDGET, round_up
+from ..trees import ancestor_masks_in_kernel
 
 
 def _dot(a, b, contract_b: int):

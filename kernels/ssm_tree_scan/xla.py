@@ -12,7 +12,7 @@ GPUs otherwise trade for speed.
 import jax
 import jax.numpy as jnp
 
-from zoo_kernels.trees import ancestor_mask
+from ..trees import ancestor_mask
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -1,3 +1,3 @@
-from zoo_kernels.tree_attention.api import BACKENDS, tree_attention
+from .api import BACKENDS, tree_attention
 
 __all__ = ["BACKENDS", "tree_attention"]

@@ -16,9 +16,9 @@ when the program is lowered (`zoo_kernels.backends.run`), not from the host's de
 
 import functools
 
-from zoo_kernels import backends
-from zoo_kernels.backends import BACKENDS
-from zoo_kernels.tree_attention import gpu, reference, tpu, xla
+from .. import backends
+from ..backends import BACKENDS
+from . import gpu, reference, tpu, xla
 
 
 def _pallas_tpu(*args, scale, compiled):

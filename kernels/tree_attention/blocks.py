@@ -22,7 +22,7 @@ import operator
 import jax
 import jax.numpy as jnp
 
-from zoo_kernels.trees import stacked_visible_mask
+from ..trees import stacked_visible_mask
 
 
 def to_kernel_layout(q, k_new, v_new, parents, n_rows: int, t_keys: int):

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from zoo_kernels.tree_attention import blocks
+from . import blocks
 
 DEFAULT_BLOCK_KV = 64
 NUM_SMS = 132  # streaming multiprocessors of an H100 / H200 SXM: the programs one wave runs

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from zoo_kernels.trees import visible_mask
+from ..trees import visible_mask
 
 
 def tree_attention(q, k_cache, v_cache, cache_len, k_new, v_new, parents, *, scale=None):

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from zoo_kernels.backends import VMEM_BUDGET, round_up
-from zoo_kernels.tree_attention import blocks
+from ..backends import VMEM_BUDGET, round_up
+from . import blocks
 
 DEFAULT_BLOCK_KV = 512
 CORES_PER_DEVICE = 2  # TensorCores behind one JAX device on a megacore chip (v4, v5p)

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from zoo_kernels.trees import visible_mask
+from ..trees import visible_mask
 
 MIN_READ = 128  # the shortest prefix worth its own branch
 

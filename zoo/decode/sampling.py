@@ -122,4 +122,3 @@ def reference_logprobs(sampler: Sampler, logits: jnp.ndarray) -> jnp.ndarray:
                          keepdims=True)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return jax.nn.log_softmax(logits, axis=-1)
-

@@ -13,8 +13,9 @@ no more than its parent (acceptances are probabilities, at most 1), so those nod
 and growing it one best frontier node at a time (the frontier: every child of a chosen node, of
 any rank) visits the best tree of every size. No order of the ranks is assumed: a measured table
 can say that the second-best candidate is accepted more often than the best, and the tree then
-holds rank 1 without rank 0 (`static_tree` allows any ranks). The search scores each size and depth cap, and "no speculation" (a plain
-AR step) competes with all of them: a drafter that does not pay is not used.
+holds rank 1 without rank 0 (`static_tree` allows any ranks). The search scores each size and
+depth cap, and "no speculation" (a plain AR step) competes with all of them: a drafter that does
+not pay is not used.
 """
 
 import dataclasses

@@ -66,9 +66,11 @@ def token_dot(x, kernel, dimension_numbers, precision=None):
     x2, w2 = x.reshape(n, k), kernel.reshape(k, -1)
     if jnp.dtype(x.dtype).itemsize < 4:
         if n < MIN_LOW_PRECISION_ROWS:  # XLA:CPU's 1-3 row bfloat16 GEMM is its slow path
-            rows = MIN_LOW_PRECISION_ROWS
-            y = on_cpu(lambda x2, w2: _low_precision_matmul(
-                jnp.pad(x2, ((0, rows - n), (0, 0))), w2)[:n], _low_precision_matmul, x2, w2)
+            def padded(x2, w2):
+                rows = jnp.pad(x2, ((0, MIN_LOW_PRECISION_ROWS - n), (0, 0)))
+                return _low_precision_matmul(rows, w2)[:n]
+
+            y = on_cpu(padded, _low_precision_matmul, x2, w2)
         else:
             y = _low_precision_matmul(x2, w2)
     else:
